@@ -1,0 +1,145 @@
+"""What a gateway adapter is: the requests it receives, the result it returns, its description.
+
+Every gateway plugin (simulated, aegispay-stripe, aegispay-razorpay, aegispay-paypal, in-house)
+implements :class:`Gateway` and reports each call as one :class:`Outcome`. The outcome taxonomy
+decides what the engine may do next, and getting it wrong is how double charges happen:
+
+* NOT_SENT - the request provably never reached the gateway: safe to retry or fail over.
+* UNKNOWN  - it may have been processed: never retried elsewhere; resolved by ``get_status`` with
+  the same idempotency key.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Protocol, runtime_checkable
+
+import attrs
+
+from .money import Money
+
+
+class Outcome(enum.Enum):
+    SUCCEEDED = "succeeded"
+    PENDING = "pending"
+    REQUIRES_ACTION = "requires_action"
+    DECLINED = "declined"
+    NOT_SENT = "not_sent"
+    UNKNOWN = "unknown"
+
+
+class Operation(enum.Enum):
+    AUTHORIZE = "authorize"
+    CAPTURE = "capture"
+    VOID = "void"
+    REFUND = "refund"
+    STATUS = "status"
+
+
+@attrs.frozen
+class GatewayResult:
+    """What one gateway call did.
+
+    ``reference`` is the gateway's own id for the payment (PaymentIntent id, order id...).
+    ``captured`` says whether an authorize (or a status lookup of one) also captured the funds.
+    ``retryable_elsewhere`` marks a DECLINED that is specific to this gateway (e.g. currency not
+    enabled on the account), so routing may try the next gateway; a bank's decline is not.
+    """
+
+    outcome: Outcome
+    reference: str | None = None
+    captured: bool = False
+    decline_code: str | None = None
+    message: str = ""
+    next_action: Mapping[str, str] | None = None
+    retryable_elsewhere: bool = False
+
+
+@attrs.frozen
+class AuthorizeRequest:
+    payment_id: str
+    attempt_no: int
+    idempotency_key: str
+    amount: Money
+    capture: bool
+    customer_id: str | None = None
+    payment_method: str | None = None
+    reference: str | None = None
+    description: str | None = None
+    metadata: Mapping[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class CaptureRequest:
+    payment_id: str
+    idempotency_key: str
+    gateway_reference: str | None
+    amount: Money
+
+
+@attrs.frozen
+class VoidRequest:
+    payment_id: str
+    idempotency_key: str
+    gateway_reference: str | None
+
+
+@attrs.frozen
+class RefundRequest:
+    payment_id: str
+    idempotency_key: str
+    gateway_reference: str | None
+    amount: Money
+    reason: str | None = None
+
+
+@attrs.frozen
+class StatusRequest:
+    """Look up what happened to a call made with ``idempotency_key`` (same key as the call)."""
+
+    payment_id: str
+    operation: Operation
+    idempotency_key: str
+    gateway_reference: str | None = None
+
+
+@attrs.frozen
+class FeeModel:
+    """A fixed fee in minor units plus a percentage in basis points (290 = 2.9 %)."""
+
+    fixed_minor: int = 0
+    basis_points: int = 0
+
+    def fee_for(self, amount: Money) -> Money:
+        return Money(self.fixed_minor, amount.currency) + amount.percentage(self.basis_points)
+
+
+@runtime_checkable
+class Gateway(Protocol):
+    """A payment gateway adapter. Every method is async and returns a GatewayResult.
+
+    Adapters must not raise for gateway answers; they map them to outcomes. An exception escaping
+    an adapter is treated as UNKNOWN (it may have been sent), except :class:`GatewayNotSent`.
+    Every mutating call carries ``idempotency_key``: send it to the gateway so a repeated call
+    cannot charge twice.
+    """
+
+    name: str
+    supported_currencies: frozenset[str] | None  # None: every currency
+    fees: FeeModel
+
+    async def authorize(self, request: AuthorizeRequest) -> GatewayResult: ...
+    async def capture(self, request: CaptureRequest) -> GatewayResult: ...
+    async def void(self, request: VoidRequest) -> GatewayResult: ...
+    async def refund(self, request: RefundRequest) -> GatewayResult: ...
+    async def get_status(self, request: StatusRequest) -> GatewayResult: ...
+
+
+class GatewayNotSent(Exception):
+    """Raise from an adapter when the request provably never left (DNS, connect refused, TLS)."""
+
+
+def supports_currency(gateway: Gateway, currency: str) -> bool:
+    currencies = gateway.supported_currencies
+    return currencies is None or currency in currencies

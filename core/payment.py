@@ -1,0 +1,253 @@
+"""The payment aggregate and the one function that evolves it: ``apply(payment, event)``.
+
+The engine never mutates a payment: it decides which events happen, and the new payment is the
+fold of those events. Replaying the stored events therefore rebuilds exactly the projection,
+and the state machine and money invariant are checked on every step of that fold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+import attrs
+
+from . import events as ev
+from .errors import InvalidTransition, OperationNotAllowed
+from .gateways import Outcome
+from .money import Money
+from .states import TRANSITIONS, PaymentState
+
+S = PaymentState
+
+
+@attrs.frozen
+class Attempt:
+    """One try at one gateway. ``outcome`` is None while the call is in flight."""
+
+    number: int
+    gateway: str
+    idempotency_key: str
+    outcome: Outcome | None = None
+    gateway_reference: str | None = None
+    decline_code: str | None = None
+    message: str = ""
+
+
+@attrs.frozen
+class Refund:
+    number: int
+    amount: Money
+    idempotency_key: str
+    succeeded: bool
+    gateway_reference: str | None = None
+    reason: str | None = None
+
+
+# Not slotted on purpose: a dict-backed frozen class can be copied with one dict update in
+# ``_evolve`` (it runs for every event, so it is on the hot path), while users still get a
+# frozen value that raises on assignment.
+@attrs.frozen(slots=False)
+class Payment:
+    id: str
+    merchant_id: str
+    amount: Money
+    state: PaymentState
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    capture_mode: str = "automatic"
+    customer_id: str | None = None
+    payment_method: str | None = None
+    reference: str | None = None
+    description: str | None = None
+    country: str | None = None
+    metadata: Mapping[str, str] = attrs.field(factory=dict)
+    authorized: Money | None = None
+    captured: Money | None = None
+    refunded: Money | None = None
+    attempts: tuple[Attempt, ...] = ()
+    refunds: tuple[Refund, ...] = ()
+    review: bool = False
+    failure_code: str | None = None
+    failure_message: str | None = None
+    next_action: Mapping[str, str] | None = None
+
+    @property
+    def current_attempt(self) -> Attempt | None:
+        return self.attempts[-1] if self.attempts else None
+
+    @property
+    def gateway(self) -> str | None:
+        attempt = self.current_attempt
+        return attempt.gateway if attempt else None
+
+    @property
+    def gateway_reference(self) -> str | None:
+        for attempt in reversed(self.attempts):
+            if attempt.gateway_reference:
+                return attempt.gateway_reference
+        return None
+
+    @property
+    def authorized_amount(self) -> Money:
+        return self.authorized or Money(0, self.amount.currency)
+
+    @property
+    def captured_amount(self) -> Money:
+        return self.captured or Money(0, self.amount.currency)
+
+    @property
+    def refunded_amount(self) -> Money:
+        return self.refunded or Money(0, self.amount.currency)
+
+    @property
+    def refundable_amount(self) -> Money:
+        return self.captured_amount - self.refunded_amount
+
+    @property
+    def unresolved_attempt(self) -> Attempt | None:
+        """The in-flight or UNKNOWN attempt that only a status lookup may settle."""
+        attempt = self.current_attempt
+        if attempt is not None and self.state in (S.PROCESSING, S.REQUIRES_ACTION) and (
+            attempt.outcome in (None, Outcome.UNKNOWN, Outcome.REQUIRES_ACTION, Outcome.PENDING)
+        ):
+            return attempt
+        return None
+
+
+_FIELDS = tuple(a.name for a in attrs.fields(Payment))
+
+
+def _evolve(payment: Payment, event: ev.Event, state: PaymentState, **changes: Any) -> Payment:
+    if state is not payment.state and state not in TRANSITIONS[payment.state]:
+        raise InvalidTransition(payment.id, payment.state, state, event.type_name)
+    new = object.__new__(Payment)
+    values = new.__dict__
+    values.update(payment.__dict__)
+    values.update(changes)
+    values["state"] = state
+    values["version"] = event.version
+    values["updated_at"] = event.occurred_at
+    return new
+
+
+def _replace_attempt(payment: Payment, number: int, **changes: Any) -> tuple[Attempt, ...]:
+    attempts = list(payment.attempts)
+    for i, attempt in enumerate(attempts):
+        if attempt.number == number:
+            attempts[i] = attrs.evolve(attempt, **changes)
+            return tuple(attempts)
+    raise OperationNotAllowed(payment.id, f"event names unknown attempt {number}")
+
+
+def check_invariant(payment: Payment) -> None:
+    """0 <= refunded <= captured <= authorized <= amount, in the payment's currency."""
+    # Plain ints: this runs on every event, and None means zero.
+    refunded = payment.refunded.minor if payment.refunded else 0
+    captured = payment.captured.minor if payment.captured else 0
+    authorized = payment.authorized.minor if payment.authorized else 0
+    if not 0 <= refunded <= captured <= authorized <= payment.amount.minor:
+        raise OperationNotAllowed(
+            payment.id,
+            f"money invariant broken: refunded {refunded} <= captured {captured} <= "
+            f"authorized {authorized} <= amount {payment.amount.minor} does not hold",
+        )
+
+
+def apply(payment: Payment | None, event: ev.Event) -> Payment:
+    """The payment after ``event``. Raises InvalidTransition / OperationNotAllowed."""
+    if payment is None:
+        if not isinstance(event, ev.PaymentInitiated):
+            raise OperationNotAllowed(event.payment_id, f"history starts with {event.type_name}")
+        if event.version != 1:
+            raise OperationNotAllowed(event.payment_id, "PaymentInitiated must be version 1")
+        return Payment(
+            id=event.payment_id,
+            merchant_id=event.merchant_id,
+            amount=event.amount,
+            state=S.INITIATED,
+            version=1,
+            created_at=event.occurred_at,
+            updated_at=event.occurred_at,
+            capture_mode=event.capture_mode,
+            customer_id=event.customer_id,
+            payment_method=event.payment_method,
+            reference=event.reference,
+            description=event.description,
+            country=event.country,
+            metadata=event.metadata,
+        )
+    if event.version != payment.version + 1:
+        raise OperationNotAllowed(
+            payment.id, f"event version {event.version} does not follow {payment.version}"
+        )
+    new = _apply(payment, event)
+    check_invariant(new)
+    return new
+
+
+def _apply(p: Payment, e: ev.Event) -> Payment:  # noqa: C901 - one branch per event type
+    if isinstance(e, ev.PaymentProcessingStarted):
+        attempt = Attempt(e.attempt_no, e.gateway, e.idempotency_key)
+        return _evolve(p, e, S.PROCESSING, attempts=(*p.attempts, attempt), next_action=None)
+    if isinstance(e, ev.PaymentAuthorized):
+        attempts = _replace_attempt(
+            p, e.attempt_no, outcome=Outcome.SUCCEEDED, gateway_reference=e.gateway_reference
+        )
+        return _evolve(
+            p, e, S.AUTHORIZED, attempts=attempts, authorized=e.amount, next_action=None
+        )
+    if isinstance(e, ev.PaymentCompleted):
+        return _evolve(p, e, S.COMPLETED, captured=e.amount)
+    if isinstance(e, ev.PaymentAttemptFailed):
+        attempts = _replace_attempt(
+            p, e.attempt_no, outcome=e.outcome, decline_code=e.decline_code, message=e.message
+        )
+        return _evolve(p, e, p.state, attempts=attempts)
+    if isinstance(e, ev.PaymentOutcomeUnknown):
+        attempts = _replace_attempt(p, e.attempt_no, outcome=Outcome.UNKNOWN, message=e.message)
+        return _evolve(p, e, p.state, attempts=attempts)
+    if isinstance(e, ev.PaymentRequiresAction):
+        attempts = _replace_attempt(
+            p,
+            e.attempt_no,
+            outcome=Outcome.REQUIRES_ACTION,
+            gateway_reference=e.gateway_reference,
+        )
+        return _evolve(
+            p, e, S.REQUIRES_ACTION, attempts=attempts, next_action=dict(e.next_action)
+        )
+    if isinstance(e, ev.PaymentFailed):
+        return _evolve(
+            p, e, S.FAILED, failure_code=e.code, failure_message=e.message, next_action=None
+        )
+    if isinstance(e, ev.PaymentCancelled):
+        return _evolve(p, e, S.CANCELLED, next_action=None)
+    if isinstance(e, ev.RefundSucceeded):
+        refunded = p.refunded_amount + e.amount
+        state = S.REFUNDED if refunded == p.captured_amount else S.PARTIALLY_REFUNDED
+        refund = Refund(
+            e.refund_no, e.amount, e.idempotency_key, True, e.gateway_reference, e.reason
+        )
+        return _evolve(p, e, state, refunded=refunded, refunds=(*p.refunds, refund))
+    if isinstance(e, ev.RefundFailed):
+        refund = Refund(e.refund_no, e.amount, e.idempotency_key, False)
+        return _evolve(p, e, p.state, refunds=(*p.refunds, refund))
+    if isinstance(e, ev.PaymentFlaggedForReview):
+        return _evolve(p, e, p.state, review=True, capture_mode="manual")
+    if isinstance(e, ev.CaptureFailed):
+        return _evolve(p, e, p.state)
+    if isinstance(e, ev.PaymentInitiated):
+        raise OperationNotAllowed(p.id, "PaymentInitiated can only be the first event")
+    # A plugin's own event type: a recorded fact that does not change the payment.
+    return _evolve(p, e, p.state)
+
+
+def replay(events: Iterable[ev.Event]) -> Payment | None:
+    """Rebuild a payment from its history (None for an empty history)."""
+    payment: Payment | None = None
+    for event in events:
+        payment = apply(payment, event)
+    return payment

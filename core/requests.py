@@ -1,0 +1,100 @@
+"""What a caller asks for: a payment request, validated at construction, with a fingerprint.
+
+The fingerprint covers the whole canonical request (nested metadata included), so an
+idempotency key reused with any difference is detected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from .errors import InvalidInput
+from .money import Money
+
+CAPTURE_MODES = ("automatic", "manual")
+_COUNTRY = re.compile(r"^[A-Z]{2}$")
+
+
+def _optional_str(field: str, value: object, max_len: int = 255) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise InvalidInput(field, f"expected a string, got {type(value).__name__}")
+    if len(value) > max_len:
+        raise InvalidInput(field, f"at most {max_len} characters, got {len(value)}")
+
+
+def _freeze_metadata(value: Mapping[str, Any] | None) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidInput("metadata", f"expected a mapping of strings, got {type(value).__name__}")
+    frozen: dict[str, str] = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not isinstance(item, str):
+            raise InvalidInput(
+                f"metadata[{key!r}]", "keys and values must be strings"
+            )
+        frozen[key] = item
+    return frozen
+
+
+@attrs.frozen
+class PaymentRequest:
+    """A request to take a payment. Only ``amount`` is required.
+
+    ``capture_mode`` "automatic" authorises and captures in one go; "manual" only authorises,
+    and :meth:`PaymentService.capture` takes the money later. ``metadata`` is string to string.
+    """
+
+    amount: Money
+    merchant_id: str = "default"
+    customer_id: str | None = None
+    payment_method: str | None = None
+    reference: str | None = None
+    description: str | None = None
+    country: str | None = None
+    capture_mode: str = "automatic"
+    metadata: Mapping[str, str] = attrs.field(factory=dict, converter=_freeze_metadata)
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.amount, Money):
+            raise InvalidInput("amount", f"expected Money, got {type(self.amount).__name__}")
+        if self.amount.minor == 0:
+            raise InvalidInput("amount", "must be greater than zero")
+        if not isinstance(self.merchant_id, str) or not self.merchant_id:
+            raise InvalidInput("merchant_id", "must be a non-empty string")
+        for field in ("customer_id", "payment_method", "reference", "description"):
+            _optional_str(field, getattr(self, field), 1000 if field == "description" else 255)
+        if self.country is not None and not (
+            isinstance(self.country, str) and _COUNTRY.match(self.country)
+        ):
+            raise InvalidInput("country", f"expected an ISO 3166 alpha-2 code, got {self.country!r}")
+        if self.capture_mode not in CAPTURE_MODES:
+            raise InvalidInput(
+                "capture_mode", f"expected one of {CAPTURE_MODES}, got {self.capture_mode!r}"
+            )
+
+    def canonical(self) -> dict[str, Any]:
+        """Every field, as plain JSON-ready data (the basis of the fingerprint)."""
+        return {
+            "amount": {"minor": self.amount.minor, "currency": self.amount.currency},
+            "merchant_id": self.merchant_id,
+            "customer_id": self.customer_id,
+            "payment_method": self.payment_method,
+            "reference": self.reference,
+            "description": self.description,
+            "country": self.country,
+            "capture_mode": self.capture_mode,
+            "metadata": dict(self.metadata),
+        }
+
+    def fingerprint(self) -> str:
+        body = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(body.encode()).hexdigest()

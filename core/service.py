@@ -1,0 +1,761 @@
+"""The payment service: the operations users call, orchestrating plugins, store and gateways.
+
+Rules that hold in every method:
+
+* A state change is one atomic ``store.commit`` of the new projection, its events and their
+  outbox messages, checked against the expected version (and the lock's fencing token).
+* No store write waits on a gateway: the intent (PROCESSING with the attempt and its
+  idempotency key) is committed *before* the gateway is called.
+* NOT_SENT may fail over to the next routed gateway; UNKNOWN never does - it is settled by a
+  status lookup with the same idempotency key.
+* Idempotency keys on capture, void and refund are derived from persisted state, so repeating
+  an operation whose outcome was lost reuses the same key.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from types import MappingProxyType, TracebackType
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from . import events as ev
+from .decisions import FraudVerdict, HookContext, RouteDecision, Verdict, combine_verdicts
+from .errors import (
+    GatewayDeclined,
+    GatewayUnavailable,
+    IdempotencyKeyReused,
+    InvalidInput,
+    InvalidTransition,
+    OperationNotAllowed,
+    OutcomeUnknown,
+    PaymentNotFound,
+)
+from .gateways import (
+    AuthorizeRequest,
+    CaptureRequest,
+    Gateway,
+    GatewayNotSent,
+    GatewayResult,
+    Operation,
+    Outcome,
+    RefundRequest,
+    StatusRequest,
+    VoidRequest,
+    supports_currency,
+)
+from .hooks import Hooks
+from .locks.base import Lease, LockManager
+from .money import Money
+from .observe import GatewayCall, OperationRecord
+from .outbox import EventSink, OutboxRelay
+from .payment import Attempt, Payment, apply, replay
+from .pluginmanager import PluginHost
+from .requests import PaymentRequest
+from .serialization import EventTypes
+from .settings import EngineSettings
+from .states import PaymentState
+from .store.base import Change, IdempotencyClaimed, IdempotencyRecord, PaymentStore
+
+log = logging.getLogger("aegispay.service")
+S = PaymentState
+_METHODS = {
+    Operation.AUTHORIZE: "authorize",
+    Operation.CAPTURE: "capture",
+    Operation.VOID: "void",
+    Operation.REFUND: "refund",
+    Operation.STATUS: "get_status",
+}
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_payment_id() -> str:
+    return "pay_" + os.urandom(12).hex()
+
+
+class PaymentService:
+    """Create, process, capture, cancel and refund payments.
+
+    Build one with :func:`aegispay.build_service`; use it as ``async with service:`` so the
+    outbox relay runs (event listeners and sinks are called after commit).
+    """
+
+    def __init__(
+        self,
+        *,
+        store: PaymentStore,
+        locks: LockManager,
+        host: PluginHost,
+        engine: EngineSettings | None = None,
+        clock: Callable[[], datetime] = utc_now,
+        ids: Callable[[], str] = new_payment_id,
+    ) -> None:
+        self.store = store
+        self.locks = locks
+        self.host = host
+        self.engine = engine or EngineSettings()
+        self.clock = clock
+        self._ids = ids
+        self.hooks = Hooks(host.pm)
+        self.event_types = EventTypes()
+        self._gateways: dict[str, Gateway] = {}
+        sinks: dict[str, EventSink] = {}
+        self._collect("aegispay_register_gateways", self._gateways, Gateway, config=True)
+        self._collect("aegispay_register_event_sinks", sinks, EventSink, config=True)
+        self._collect_event_types()
+        self.gateways: Mapping[str, Gateway] = MappingProxyType(self._gateways)
+        self.relay = OutboxRelay(store, list(sinks.values()), self.hooks)
+        store.on_commit(self.relay.notify)
+        self._task_group: TaskGroup | None = None
+
+    # -- building -------------------------------------------------------------------------
+
+    def _collect(self, hook_name: str, into: dict[str, Any], kind: type, config: bool) -> None:
+        """Call a registration hook plugin by plugin, so a clash names both owners."""
+        from .errors import PluginError
+
+        owners: dict[str, str] = {}
+        for impl in reversed(getattr(self.host.pm.hook, hook_name).get_hookimpls()):
+            def register(obj: Any, _plugin: str = impl.plugin_name) -> None:
+                name = getattr(obj, "name", None)
+                if not isinstance(name, str) or not name or not isinstance(obj, kind):
+                    raise PluginError(
+                        f"plugin {_plugin!r}: {hook_name} registered {obj!r}, which is not a "
+                        f"{kind.__name__} with a name"
+                    )
+                if name in into:
+                    raise PluginError(
+                        f"plugin {_plugin!r}: {kind.__name__} name {name!r} is already "
+                        f"registered by plugin {owners[name]!r}"
+                    )
+                into[name] = obj
+                owners[name] = _plugin
+
+            kwargs = {"register": register, "config": self.host.config}
+            impl.function(*(kwargs[arg] for arg in impl.argnames))
+
+    def _collect_event_types(self) -> None:
+        for impl in reversed(self.host.pm.hook.aegispay_register_event_types.get_hookimpls()):
+            impl.function(self.event_types.register)
+
+    # -- running --------------------------------------------------------------------------
+
+    async def __aenter__(self) -> PaymentService:
+        for result in self.host.pm.hook.aegispay_startup(service=self):
+            if hasattr(result, "__await__"):
+                await result
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        self._task_group.start_soon(self.relay.run, name="aegispay outbox relay")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        if self._task_group is None:
+            return None
+        # Stop the background relay first, then publish what is left from this task, so no
+        # batch is handed to listeners twice by two relays racing.
+        self._task_group.cancel_scope.cancel()
+        task_group, self._task_group = self._task_group, None
+        suppress = await task_group.__aexit__(exc_type, exc, tb)
+        if exc_type is None:
+            await self.relay.drain()
+        return suppress
+
+    async def aclose(self) -> None:
+        await self.store.close()
+        await self.locks.close()
+
+    # -- reading --------------------------------------------------------------------------
+
+    async def get_payment(self, payment_id: str) -> Payment:
+        payment = await self.store.load(payment_id)
+        if payment is None:
+            raise PaymentNotFound(payment_id)
+        return payment
+
+    async def payment_history(self, payment_id: str) -> list[ev.Event]:
+        history = await self.store.events(payment_id)
+        if not history:
+            raise PaymentNotFound(payment_id)
+        return history
+
+    async def replay(self, payment_id: str) -> Payment:
+        """The payment rebuilt from its events alone (compare with :meth:`get_payment`)."""
+        payment = replay(await self.payment_history(payment_id))
+        assert payment is not None
+        return payment
+
+    def _context(self, operation: str, merchant_id: str, key: str | None = None) -> HookContext:
+        return HookContext(merchant_id, operation, self.clock, self.gateways, key)
+
+    # -- create ---------------------------------------------------------------------------
+
+    async def create_payment(
+        self, request: PaymentRequest, *, idempotency_key: str | None = None
+    ) -> Payment:
+        """Validate and store a new payment (INITIATED). Nothing is sent to a gateway.
+
+        With ``idempotency_key`` (scoped per merchant): the same key and the same request
+        return the first result; the same key with any difference raises
+        IdempotencyKeyReused; concurrent duplicates create one payment.
+        """
+        started = time.perf_counter()
+        payment: Payment | None = None
+        try:
+            payment = await self._create(request, idempotency_key)
+            return payment
+        except BaseException as error:
+            await self._finished("create", None, None, error, started)
+            raise
+        finally:
+            if payment is not None:
+                await self._finished("create", payment.id, payment, None, started)
+
+    async def _create(self, request: PaymentRequest, key: str | None) -> Payment:
+        if not isinstance(request, PaymentRequest):
+            raise InvalidInput("request", f"expected PaymentRequest, got {type(request).__name__}")
+        fingerprint = None
+        if key is not None:
+            if not isinstance(key, str) or not key:
+                raise InvalidInput("idempotency_key", "must be a non-empty string")
+            fingerprint = request.fingerprint()
+            existing = await self.store.find_idempotency(request.merchant_id, key)
+            if existing is not None:
+                return self._idempotent_replay(existing, fingerprint)
+        await self.hooks.validate_payment(request, self._context("create", request.merchant_id, key))
+        now = self.clock()
+        payment_id = self._ids()
+        event = ev.PaymentInitiated(
+            payment_id=payment_id,
+            version=1,
+            occurred_at=now,
+            merchant_id=request.merchant_id,
+            amount=request.amount,
+            capture_mode=request.capture_mode,
+            customer_id=request.customer_id,
+            payment_method=request.payment_method,
+            reference=request.reference,
+            description=request.description,
+            country=request.country,
+            metadata=request.metadata,
+        )
+        payment = apply(None, event)
+        record = None
+        if key is not None and fingerprint is not None:
+            ttl = timedelta(seconds=self.engine.idempotency_ttl_s)
+            record = IdempotencyRecord(
+                request.merchant_id, key, fingerprint, payment_id, payment, now, now + ttl
+            )
+        try:
+            await self.store.commit(Change(payment, 0, (event,), idempotency=record))
+        except IdempotencyClaimed as claimed:  # a concurrent duplicate won the claim
+            assert fingerprint is not None
+            return self._idempotent_replay(claimed.existing, fingerprint)
+        return payment
+
+    @staticmethod
+    def _idempotent_replay(existing: IdempotencyRecord, fingerprint: str) -> Payment:
+        if existing.fingerprint != fingerprint:
+            raise IdempotencyKeyReused(existing.key, existing.scope)
+        return existing.response
+
+    # -- process --------------------------------------------------------------------------
+
+    async def pay(
+        self, request: PaymentRequest, *, idempotency_key: str | None = None
+    ) -> Payment:
+        """``create_payment`` then ``process_payment``."""
+        payment = await self.create_payment(request, idempotency_key=idempotency_key)
+        return await self.process_payment(payment.id)
+
+    async def process_payment(self, payment_id: str) -> Payment:
+        """Run fraud checks and routing, then authorise (and capture, in automatic mode).
+
+        Idempotent: on a payment past INITIATED it changes nothing, except that an attempt whose
+        outcome is unknown is looked up at its gateway. Concurrent calls charge at most once.
+        """
+        return await self._locked("process", payment_id, self._process)
+
+    async def _process(self, payment: Payment, lease: Lease) -> Payment:
+        if payment.unresolved_attempt is not None:
+            return await self._resolve(payment, lease)
+        if payment.state is not S.INITIATED:
+            return payment
+        context = self._context("process", payment.merchant_id)
+        verdict = combine_verdicts(await self.hooks.check_fraud(payment, context))
+        pending: list[ev.Event] = []
+        if verdict.verdict is Verdict.DENY:
+            return await self._commit(payment, lease, [self._failed(payment, "fraud_denied", verdict.reason)])
+        if verdict.verdict is Verdict.REVIEW:
+            pending.append(self._review_event(payment, verdict))
+        route = await self._route(payment, context, excluded=())
+        if not route.gateways:
+            failed = self._failed(payment, "no_gateway", route.reason, offset=len(pending))
+            return await self._commit(payment, lease, [*pending, failed])
+        return await self._authorize(payment, lease, route, pending)
+
+    def _review_event(self, payment: Payment, verdict: FraudVerdict) -> ev.Event:
+        return ev.PaymentFlaggedForReview(
+            payment_id=payment.id,
+            version=payment.version + 1,
+            occurred_at=self.clock(),
+            risk_score=verdict.risk_score,
+            reasons=tuple(r for r in verdict.reason.split("; ") if r),
+        )
+
+    async def _route(
+        self, payment: Payment, context: HookContext, excluded: Sequence[str]
+    ) -> RouteDecision:
+        currency = payment.amount.currency
+        candidates = [
+            name
+            for name, gateway in self._gateways.items()
+            if name not in excluded and supports_currency(gateway, currency)
+        ]
+        if not candidates:
+            return RouteDecision((), f"no registered gateway supports {currency}")
+        decision = await self.hooks.select_gateway(payment, candidates, context)
+        if decision is None:
+            return RouteDecision(tuple(candidates), "registration order", "default")
+        allowed = set(candidates)
+        chosen = tuple(dict.fromkeys(name for name in decision.gateways if name in allowed))
+        if not chosen:
+            return RouteDecision((), f"router chose none of {candidates}: {decision.reason}")
+        return RouteDecision(chosen, decision.reason, decision.strategy)
+
+    async def _authorize(
+        self, payment: Payment, lease: Lease, route: RouteDecision, pending: list[ev.Event]
+    ) -> Payment:
+        for index, gateway_name in enumerate(route.gateways):
+            attempt_no = len(payment.attempts) + 1
+            key = f"{payment.id}-{attempt_no}"
+            started = ev.PaymentProcessingStarted(
+                payment_id=payment.id,
+                version=payment.version + len(pending) + 1,
+                occurred_at=self.clock(),
+                attempt_no=attempt_no,
+                gateway=gateway_name,
+                idempotency_key=key,
+                route_reason=route.reason,
+            )
+            # The intent is durable before the gateway hears of it.
+            payment = await self._commit(payment, lease, [*pending, started])
+            pending = []
+            request = AuthorizeRequest(
+                payment_id=payment.id,
+                attempt_no=attempt_no,
+                idempotency_key=key,
+                amount=payment.amount,
+                capture=payment.capture_mode == "automatic",
+                customer_id=payment.customer_id,
+                payment_method=payment.payment_method,
+                reference=payment.reference,
+                description=payment.description,
+                metadata=payment.metadata,
+            )
+            result = await self._call(gateway_name, Operation.AUTHORIZE, request, attempt_no)
+            last = index == len(route.gateways) - 1
+            if result.outcome is Outcome.NOT_SENT or (
+                result.outcome is Outcome.DECLINED and result.retryable_elsewhere
+            ):
+                pending = [self._attempt_failed(payment, attempt_no, result)]
+                if not last:
+                    continue
+                code = "gateways_unavailable" if result.outcome is Outcome.NOT_SENT else (
+                    result.decline_code or "declined"
+                )
+                pending.append(self._failed(payment, code, result.message, offset=1))
+                return await self._commit(payment, lease, pending)
+            return await self._settle(payment, lease, payment.attempts[-1], result)
+        raise AssertionError("route had no gateways")  # pragma: no cover - checked by caller
+
+    async def _settle(
+        self, payment: Payment, lease: Lease, attempt: Attempt, result: GatewayResult
+    ) -> Payment:
+        """Record what the gateway said about ``attempt`` (from the call or a status lookup)."""
+        now = self.clock()
+        version = payment.version + 1
+        pid = payment.id
+        outcome = result.outcome
+        if outcome is Outcome.SUCCEEDED:
+            events: list[ev.Event] = [
+                ev.PaymentAuthorized(
+                    payment_id=pid,
+                    version=version,
+                    occurred_at=now,
+                    attempt_no=attempt.number,
+                    amount=payment.amount,
+                    gateway_reference=result.reference,
+                )
+            ]
+            if result.captured:
+                events.append(
+                    ev.PaymentCompleted(
+                        payment_id=pid,
+                        version=version + 1,
+                        occurred_at=now,
+                        amount=payment.amount,
+                        idempotency_key=attempt.idempotency_key,
+                        gateway_reference=result.reference,
+                    )
+                )
+            payment = await self._commit(payment, lease, events)
+            if payment.state is S.AUTHORIZED and payment.capture_mode == "automatic":
+                # The gateway authorised but did not capture in the same call.
+                payment = await self._capture(payment, lease, None)
+            return payment
+        if outcome in (Outcome.PENDING, Outcome.REQUIRES_ACTION):
+            if payment.state is S.REQUIRES_ACTION:
+                return payment
+            return await self._commit(
+                payment,
+                lease,
+                [
+                    ev.PaymentRequiresAction(
+                        payment_id=pid,
+                        version=version,
+                        occurred_at=now,
+                        attempt_no=attempt.number,
+                        gateway_reference=result.reference,
+                        next_action=dict(result.next_action or {}),
+                    )
+                ],
+            )
+        if outcome is Outcome.DECLINED:
+            failed = self._attempt_failed(payment, attempt.number, result)
+            final = self._failed(payment, result.decline_code or "declined", result.message, 1)
+            return await self._commit(payment, lease, [failed, final])
+        if outcome is Outcome.NOT_SENT:
+            # Only reachable from a status lookup: the gateway never received the attempt,
+            # so it is safe to route again, away from gateways that could not be reached.
+            failed = self._attempt_failed(payment, attempt.number, result)
+            payment = await self._commit(payment, lease, [failed])
+            tried = [a.gateway for a in payment.attempts if a.outcome is Outcome.NOT_SENT]
+            context = self._context("process", payment.merchant_id)
+            route = await self._route(payment, context, excluded=tried)
+            if not route.gateways:
+                return await self._commit(
+                    payment, lease, [self._failed(payment, "gateways_unavailable", route.reason)]
+                )
+            return await self._authorize(payment, lease, route, [])
+        # UNKNOWN: record it once, then look it up.
+        if attempt.outcome is not Outcome.UNKNOWN:
+            payment = await self._commit(
+                payment,
+                lease,
+                [
+                    ev.PaymentOutcomeUnknown(
+                        payment_id=pid,
+                        version=version,
+                        occurred_at=now,
+                        attempt_no=attempt.number,
+                        message=result.message,
+                    )
+                ],
+            )
+            return await self._resolve(payment, lease)
+        return payment
+
+    async def _resolve(self, payment: Payment, lease: Lease) -> Payment:
+        """Ask the gateway what happened to the unresolved attempt (same idempotency key)."""
+        attempt = payment.unresolved_attempt
+        assert attempt is not None
+        for _ in range(self.engine.status_lookups):
+            request = StatusRequest(
+                payment.id, Operation.AUTHORIZE, attempt.idempotency_key, attempt.gateway_reference
+            )
+            result = await self._call(attempt.gateway, Operation.STATUS, request, attempt.number)
+            if result.outcome is Outcome.UNKNOWN:
+                continue
+            if result.outcome in (Outcome.PENDING, Outcome.REQUIRES_ACTION) and (
+                attempt.outcome in (Outcome.PENDING, Outcome.REQUIRES_ACTION)
+            ):
+                return payment
+            return await self._settle(payment, lease, attempt, result)
+        if attempt.outcome is None:  # in flight when a process crashed: mark it unknown
+            event = ev.PaymentOutcomeUnknown(
+                payment_id=payment.id,
+                version=payment.version + 1,
+                occurred_at=self.clock(),
+                attempt_no=attempt.number,
+                message="status lookups did not settle it",
+            )
+            return await self._commit(payment, lease, [event])
+        return payment
+
+    async def sync_payment(self, payment_id: str) -> Payment:
+        """Settle an in-flight, UNKNOWN or REQUIRES_ACTION attempt by a status lookup."""
+        return await self._locked("sync", payment_id, self._sync)
+
+    async def _sync(self, payment: Payment, lease: Lease) -> Payment:
+        if payment.unresolved_attempt is None:
+            return payment
+        return await self._resolve(payment, lease)
+
+    # -- capture, cancel, refund ------------------------------------------------------------
+
+    async def capture(self, payment_id: str, amount: Money | None = None) -> Payment:
+        """Capture an AUTHORIZED payment, fully (default) or partially (the rest is released)."""
+
+        async def run(payment: Payment, lease: Lease) -> Payment:
+            return await self._capture(payment, lease, amount)
+
+        return await self._locked("capture", payment_id, run)
+
+    async def _capture(self, payment: Payment, lease: Lease, amount: Money | None) -> Payment:
+        if payment.state is not S.AUTHORIZED:
+            raise InvalidTransition(payment.id, payment.state, S.COMPLETED, "capture")
+        authorized = payment.authorized_amount
+        amount = self._operation_amount(payment, amount, authorized, "capture")
+        attempt = payment.attempts[-1]
+        key = f"{payment.id}-capture-v{payment.version}"
+        request = CaptureRequest(payment.id, key, attempt.gateway_reference, amount)
+        result = await self._call(attempt.gateway, Operation.CAPTURE, request, attempt.number)
+        self._raise_unless_decided(payment, "capture", result)
+        now = self.clock()
+        if result.outcome is Outcome.SUCCEEDED:
+            return await self._commit(
+                payment,
+                lease,
+                [
+                    ev.PaymentCompleted(
+                        payment_id=payment.id,
+                        version=payment.version + 1,
+                        occurred_at=now,
+                        amount=amount,
+                        idempotency_key=key,
+                        gateway_reference=result.reference or attempt.gateway_reference,
+                    )
+                ],
+            )
+        code = result.decline_code or "capture_declined"
+        await self._commit(
+            payment,
+            lease,
+            [
+                ev.CaptureFailed(
+                    payment_id=payment.id,
+                    version=payment.version + 1,
+                    occurred_at=now,
+                    amount=amount,
+                    idempotency_key=key,
+                    code=code,
+                    message=result.message,
+                )
+            ],
+        )
+        raise GatewayDeclined(payment.id, "capture", code, result.message)
+
+    async def cancel(self, payment_id: str, reason: str = "") -> Payment:
+        """Cancel before capture: INITIATED needs no gateway; AUTHORIZED / REQUIRES_ACTION are
+        voided at the gateway first."""
+
+        async def run(payment: Payment, lease: Lease) -> Payment:
+            return await self._cancel(payment, lease, reason)
+
+        return await self._locked("cancel", payment_id, run)
+
+    async def _cancel(self, payment: Payment, lease: Lease, reason: str) -> Payment:
+        if payment.state is S.PROCESSING:
+            raise OperationNotAllowed(
+                payment.id, "an attempt is in flight; cancel after its outcome is known"
+            )
+        if payment.state not in _CANCELLABLE:
+            raise InvalidTransition(payment.id, payment.state, S.CANCELLED, "cancel")
+        voided = False
+        if payment.state in (S.AUTHORIZED, S.REQUIRES_ACTION):
+            attempt = payment.attempts[-1]
+            key = f"{payment.id}-void-v{payment.version}"
+            request = VoidRequest(payment.id, key, attempt.gateway_reference)
+            result = await self._call(attempt.gateway, Operation.VOID, request, attempt.number)
+            self._raise_unless_decided(payment, "void", result)
+            if result.outcome is not Outcome.SUCCEEDED:
+                raise GatewayDeclined(
+                    payment.id, "void", result.decline_code or "void_declined", result.message
+                )
+            voided = True
+        event = ev.PaymentCancelled(
+            payment_id=payment.id,
+            version=payment.version + 1,
+            occurred_at=self.clock(),
+            reason=reason,
+            voided=voided,
+        )
+        return await self._commit(payment, lease, [event])
+
+    async def refund(
+        self, payment_id: str, amount: Money | None = None, reason: str | None = None
+    ) -> Payment:
+        """Refund a captured payment, fully (default: what is left) or partially, many times."""
+
+        async def run(payment: Payment, lease: Lease) -> Payment:
+            return await self._refund(payment, lease, amount, reason)
+
+        return await self._locked("refund", payment_id, run)
+
+    async def _refund(
+        self, payment: Payment, lease: Lease, amount: Money | None, reason: str | None
+    ) -> Payment:
+        if payment.state not in (S.COMPLETED, S.PARTIALLY_REFUNDED):
+            raise InvalidTransition(payment.id, payment.state, S.REFUNDED, "refund")
+        amount = self._operation_amount(payment, amount, payment.refundable_amount, "refund")
+        refund_no = len(payment.refunds) + 1
+        key = f"{payment.id}-refund-{refund_no}"
+        attempt = next(a for a in reversed(payment.attempts) if a.outcome is Outcome.SUCCEEDED)
+        request = RefundRequest(payment.id, key, attempt.gateway_reference, amount, reason)
+        result = await self._call(attempt.gateway, Operation.REFUND, request, attempt.number)
+        self._raise_unless_decided(payment, "refund", result)
+        common: dict[str, Any] = {
+            "payment_id": payment.id,
+            "version": payment.version + 1,
+            "occurred_at": self.clock(),
+            "refund_no": refund_no,
+            "amount": amount,
+            "idempotency_key": key,
+        }
+        if result.outcome is Outcome.SUCCEEDED:
+            event: ev.Event = ev.RefundSucceeded(
+                **common, gateway_reference=result.reference, reason=reason
+            )
+            return await self._commit(payment, lease, [event])
+        code = result.decline_code or "refund_declined"
+        await self._commit(payment, lease, [ev.RefundFailed(**common, code=code, message=result.message)])
+        raise GatewayDeclined(payment.id, "refund", code, result.message)
+
+    @staticmethod
+    def _operation_amount(
+        payment: Payment, amount: Money | None, limit: Money, operation: str
+    ) -> Money:
+        if amount is None:
+            return limit
+        if not isinstance(amount, Money):
+            raise InvalidInput("amount", f"expected Money, got {type(amount).__name__}")
+        if amount.currency != payment.amount.currency:
+            raise InvalidInput(
+                "amount", f"currency {amount.currency} differs from the payment's {payment.amount.currency}"
+            )
+        if amount.minor == 0:
+            raise InvalidInput("amount", f"{operation} amount must be greater than zero")
+        if amount.minor > limit.minor:
+            raise OperationNotAllowed(
+                payment.id, f"{operation} of {amount} exceeds the {limit} available"
+            )
+        return amount
+
+    @staticmethod
+    def _raise_unless_decided(payment: Payment, operation: str, result: GatewayResult) -> None:
+        if result.outcome is Outcome.NOT_SENT:
+            raise GatewayUnavailable(payment.id, operation, result.message)
+        if result.outcome in (Outcome.UNKNOWN, Outcome.PENDING, Outcome.REQUIRES_ACTION):
+            raise OutcomeUnknown(payment.id, operation, result.message or result.outcome.value)
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    async def _locked(
+        self,
+        operation: str,
+        payment_id: str,
+        body: Callable[[Payment, Lease], Awaitable[Payment]],
+    ) -> Payment:
+        started = time.perf_counter()
+        try:
+            async with self.locks.hold(payment_id, self.engine.lock_timeout_s) as lease:
+                payment = await self.store.load(payment_id)
+                if payment is None:
+                    raise PaymentNotFound(payment_id)
+                result: Payment = await body(payment, lease)
+        except BaseException as error:
+            await self._finished(operation, payment_id, None, error, started)
+            raise
+        await self._finished(operation, payment_id, result, None, started)
+        return result
+
+    async def _finished(
+        self,
+        operation: str,
+        payment_id: str | None,
+        payment: Payment | None,
+        error: BaseException | None,
+        started: float,
+    ) -> None:
+        if self.hooks.wants_operations:
+            elapsed = (time.perf_counter() - started) * 1000
+            await self.hooks.operation_finished(
+                OperationRecord(operation, payment_id, payment, error, elapsed)
+            )
+
+    async def _commit(self, payment: Payment, lease: Lease | None, events: list[ev.Event]) -> Payment:
+        new = payment
+        for event in events:
+            new = apply(new, event)
+        await self.store.commit(
+            Change(new, payment.version, tuple(events), lease.token if lease else None)
+        )
+        return new
+
+    def _failed(self, payment: Payment, code: str, message: str, offset: int = 0) -> ev.Event:
+        return ev.PaymentFailed(
+            payment_id=payment.id,
+            version=payment.version + offset + 1,
+            occurred_at=self.clock(),
+            code=code,
+            message=message,
+        )
+
+    def _attempt_failed(self, payment: Payment, attempt_no: int, result: GatewayResult) -> ev.Event:
+        return ev.PaymentAttemptFailed(
+            payment_id=payment.id,
+            version=payment.version + 1,
+            occurred_at=self.clock(),
+            attempt_no=attempt_no,
+            outcome=result.outcome,
+            decline_code=result.decline_code,
+            message=result.message,
+        )
+
+    async def _call(
+        self, gateway_name: str, operation: Operation, request: Any, attempt_no: int | None
+    ) -> GatewayResult:
+        """One gateway call under a timeout, mapped onto the outcome taxonomy."""
+        gateway = self._gateways.get(gateway_name)
+        if gateway is None:
+            # The gateway's plugin is gone (uninstalled, denied). Nothing was sent.
+            return GatewayResult(Outcome.NOT_SENT, message=f"gateway {gateway_name!r} is not registered")
+        call = None
+        if self.hooks.wants_gateway_calls:
+            call = GatewayCall(gateway_name, operation, request.payment_id, request.idempotency_key, attempt_no)
+            await self.hooks.before_gateway_call(call)
+        began = time.perf_counter()
+        timeout = self.engine.gateway_timeout_s
+        try:
+            with anyio.fail_after(timeout):
+                result = await getattr(gateway, _METHODS[operation])(request)
+        except TimeoutError:
+            result = GatewayResult(Outcome.UNKNOWN, message=f"no answer within {timeout:g}s")
+        except GatewayNotSent as exc:
+            result = GatewayResult(Outcome.NOT_SENT, message=str(exc))
+        except Exception as exc:  # it may have been sent: only a status lookup can tell
+            log.warning("gateway %s %s raised %s", gateway_name, operation.value, type(exc).__name__)
+            result = GatewayResult(Outcome.UNKNOWN, message=f"adapter raised {type(exc).__name__}")
+        if not isinstance(result, GatewayResult):
+            result = GatewayResult(Outcome.UNKNOWN, message=f"adapter returned {type(result).__name__}")
+        if call is not None:
+            await self.hooks.after_gateway_call(call, result, (time.perf_counter() - began) * 1000)
+        return result
+
+
+_CANCELLABLE = frozenset({S.INITIATED, S.AUTHORIZED, S.REQUIRES_ACTION})

@@ -1,0 +1,228 @@
+"""Typed settings: attrs classes validated by cattrs, from TOML and ``AEGISPAY_*`` variables.
+
+File (``aegispay.toml`` in the working directory, or ``--config PATH``)::
+
+    store = "memory://"
+
+    [engine]
+    gateway_timeout_s = 10.0
+
+    [plugins]
+    deny = ["some_plugin"]
+
+    [plugins.fraud_rules]        # a plugin's own section, named after the plugin
+    review_above = "5000.00 USD"
+
+Environment variables override the file: ``AEGISPAY_STORE``, ``AEGISPAY_ENGINE__GATEWAY_TIMEOUT_S``,
+``AEGISPAY_PLUGINS__DENY=a,b``, ``AEGISPAY_PLUGINS__FRAUD_RULES__REVIEW_ABOVE=...``; a double
+underscore descends one table. Values are read as TOML literals when they parse as one (``10``,
+``true``, ``[1, 2]``) and as strings otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+import cattrs
+from cattrs.v import transform_error
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+ENV_PREFIX = "AEGISPAY_"
+DEFAULT_FILE = "aegispay.toml"
+
+
+def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name}: must be greater than 0, got {value!r}")
+
+
+@attrs.frozen
+class EngineSettings:
+    """How the engine treats gateways, locks and idempotency records."""
+
+    gateway_timeout_s: float = attrs.field(default=10.0, validator=_positive)
+    lock_timeout_s: float = attrs.field(default=30.0, validator=_positive)
+    # Immediate status lookups after an UNKNOWN outcome before leaving it to reconciliation.
+    status_lookups: int = 3
+    idempotency_ttl_s: int = attrs.field(default=86_400, validator=_positive)
+
+
+@attrs.frozen
+class PluginSelection:
+    allow: tuple[str, ...] | None = None
+    deny: tuple[str, ...] = ()
+
+
+class PluginConfig:
+    """Every plugin's own section, by plugin name, as loaded (read-only)."""
+
+    def __init__(self, sections: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        self._sections = {name: dict(values) for name, values in (sections or {}).items()}
+
+    def section(self, name: str) -> Mapping[str, Any]:
+        return self._sections.get(name, {})
+
+    def names(self) -> list[str]:
+        return sorted(self._sections)
+
+    def structure(self, name: str, cls: type[T]) -> T:
+        """Section ``name`` as an attrs instance of ``cls``; a bad value is a ConfigError."""
+        return structure_config(self.section(name), cls, f"plugins.{name}")
+
+    def __repr__(self) -> str:  # sections may hold secrets: never print values
+        return f"PluginConfig(sections={self.names()})"
+
+
+@attrs.frozen
+class Settings:
+    store: str = "memory://"
+    lock: str | None = None
+    engine: EngineSettings = EngineSettings()
+    plugins: PluginSelection = PluginSelection()
+    plugin_config: PluginConfig = attrs.field(factory=PluginConfig, eq=False)
+
+
+def _converter() -> cattrs.Converter:
+    converter = cattrs.Converter(forbid_extra_keys=True)
+
+    def strict_float(value: Any, _: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError("expected a number")
+        return float(value)
+
+    def strict_int(value: Any, _: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError("expected an integer")
+        return value
+
+    def strict_str(value: Any, _: Any) -> str:
+        if not isinstance(value, str):
+            raise ValueError("expected a string")
+        return value
+
+    def strict_names(value: Any, _: Any) -> tuple[str, ...]:
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ValueError("expected a list of plugin names")
+        return tuple(value)
+
+    def strict_bool(value: Any, _: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ValueError("expected true or false")
+        return value
+
+    converter.register_structure_hook(float, strict_float)
+    converter.register_structure_hook(int, strict_int)
+    converter.register_structure_hook(str, strict_str)
+    converter.register_structure_hook(bool, strict_bool)
+    converter.register_structure_hook_func(lambda t: t == tuple[str, ...], strict_names)
+    converter.register_structure_hook(PluginConfig, lambda value, _: PluginConfig(value))
+    return converter
+
+
+def _lookup(data: Any, relative: str) -> Any:
+    """The value at ``relative`` ("engine.timeout", "gateways[0].name") inside ``data``."""
+    for part in relative.replace("[", ".[").split("."):
+        if not part:
+            continue
+        if isinstance(data, Mapping) and part in data:
+            data = data[part]
+        elif isinstance(data, list | tuple) and part.strip("[]").isdigit():
+            data = data[int(part.strip("[]"))]
+        else:
+            return None
+    return data
+
+
+def _describe(exc: BaseException, expected: Any) -> str:
+    if isinstance(exc, cattrs.ForbiddenExtraKeysError):
+        return f"unknown key(s) {sorted(exc.extra_fields)}"
+    if isinstance(exc, KeyError):
+        return "required key missing"
+    if isinstance(exc, ValueError | TypeError) and str(exc):
+        return str(exc)
+    name = getattr(expected, "__name__", str(expected))
+    return f"expected {name}"
+
+
+def structure_config(data: Mapping[str, Any], cls: type[T], where: str) -> T:
+    """``data`` as ``cls``; errors name the key, the value and what was expected."""
+    try:
+        return _converter().structure(dict(data), cls)
+    except cattrs.BaseValidationError as exc:
+        messages = []
+        for line in transform_error(exc, path=where, format_exception=_describe):
+            problem, _, path = line.rpartition(" @ ")
+            value = _lookup(data, path[len(where):])
+            quiet = problem.startswith(("unknown key", "required")) or isinstance(value, Mapping)
+            got = "" if quiet else f" (got {value!r})"
+            messages.append(f"{path}: {problem}{got}")
+        raise ConfigError("invalid configuration: " + "; ".join(messages)) from None
+
+
+def _env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _merge_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
+    for name, raw in sorted(env.items()):
+        if not name.startswith(ENV_PREFIX) or name == "AEGISPAY_CONFIG":
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
+        target = data
+        for part in path[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"{name}: {'.'.join(path)} is not a table in the configuration")
+        value = _env_value(raw)
+        if path[:1] == ["plugins"] and path[-1] in ("allow", "deny") and isinstance(value, str):
+            value = [item.strip() for item in value.split(",") if item.strip()]
+        target[path[-1]] = value
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Settings from ``path`` (or ``aegispay.toml`` / ``$AEGISPAY_CONFIG`` if present), then env.
+
+    ``overrides`` (e.g. command-line options) win over both.
+    """
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    file = Path(path) if path else Path(env.get("AEGISPAY_CONFIG", DEFAULT_FILE))
+    if path and not file.is_file():
+        raise ConfigError(f"--config: no such file {str(file)!r}")
+    if file.is_file():
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    _merge_env(data, env)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            data[key] = value
+    return settings_from_dict(data)
+
+
+def settings_from_dict(data: Mapping[str, Any]) -> Settings:
+    data = dict(data)
+    plugins = dict(data.pop("plugins", {}) or {})
+    sections = {k: v for k, v in plugins.items() if isinstance(v, Mapping)}
+    selection = {k: v for k, v in plugins.items() if not isinstance(v, Mapping)}
+    settings = structure_config(data, Settings, "settings")
+    return attrs.evolve(
+        settings,
+        plugins=structure_config(selection, PluginSelection, "plugins"),
+        plugin_config=PluginConfig(sections),
+    )

@@ -1,0 +1,83 @@
+"""Composing a payment stack: choose store, locks, plugins and settings; get a service.
+
+    service = build_service(plugins=[MyFraudCheck()], settings=load_settings())
+    async with service:
+        payment = await service.pay(PaymentRequest(Money.of("10.00", "USD")))
+
+Nothing here reaches for a global: every call builds its own plugin manager, store and locks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+from .locks.base import LockManager
+from .locks.memory import MemoryLockManager
+from .pluginmanager import PluginHost, make_plugin_host
+from .service import PaymentService, new_payment_id, utc_now
+from .settings import Settings
+from .store.base import PaymentStore
+from .store.memory import MemoryStore
+
+
+def open_store(url: str) -> PaymentStore:
+    """A store for ``url``. ``memory://`` is built in; durable backends come with their URLs."""
+    scheme = urlsplit(url).scheme
+    if scheme == "memory":
+        return MemoryStore()
+    raise ConfigError(f"store: unsupported URL scheme {scheme!r} in {url!r} (supported: memory://)")
+
+
+def open_locks(url: str | None) -> LockManager:
+    if url is None or urlsplit(url).scheme in ("memory", ""):
+        return MemoryLockManager()
+    raise ConfigError(f"lock: unsupported URL {url!r} (supported: memory://, or leave unset)")
+
+
+def build_service(
+    settings: Settings | None = None,
+    *,
+    plugins: Iterable[Any] | Mapping[str, Any] = (),
+    store: PaymentStore | None = None,
+    locks: LockManager | None = None,
+    host: PluginHost | None = None,
+    builtins: bool = True,
+    entry_points: bool = True,
+    clock: Callable[[], datetime] = utc_now,
+    ids: Callable[[], str] = new_payment_id,
+) -> PaymentService:
+    """A ready :class:`PaymentService`.
+
+    :param settings: from :func:`aegispay.load_settings`; defaults apply when None.
+    :param plugins: in-house plugin objects (or ``{name: plugin}``) registered directly, after
+        the built-ins and installed entry points.
+    :param store: a store object; default: opened from ``settings.store``.
+    :param locks: a lock manager; default: from ``settings.lock`` (in-process when unset).
+    :param host: a prepared plugin host (then ``plugins``/``builtins``/``entry_points`` are
+        not used).
+    :param builtins: register the built-in plugins (simulated gateways, validation, fraud
+        rules, priority routing, event log).
+    :param entry_points: load installed ``aegispay`` entry points.
+    """
+    settings = settings or Settings()
+    if host is None:
+        host = make_plugin_host(
+            config=settings.plugin_config,
+            plugins=plugins,
+            builtins=builtins,
+            entry_points=entry_points,
+            allow=settings.plugins.allow,
+            deny=settings.plugins.deny,
+        )
+    return PaymentService(
+        store=store if store is not None else open_store(settings.store),
+        locks=locks if locks is not None else open_locks(settings.lock),
+        host=host,
+        engine=settings.engine,
+        clock=clock,
+        ids=ids,
+    )
