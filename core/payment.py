@@ -7,7 +7,7 @@ and the state machine and money invariant are checked on every step of that fold
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -133,12 +133,29 @@ def _evolve(payment: Payment, event: ev.Event, state: PaymentState, **changes: A
     return new
 
 
-def _replace_attempt(payment: Payment, number: int, **changes: Any) -> tuple[Attempt, ...]:
-    attempts = list(payment.attempts)
-    for i, attempt in enumerate(attempts):
-        if attempt.number == number:
-            attempts[i] = attrs.evolve(attempt, **changes)
-            return tuple(attempts)
+def _replace_attempt(
+    payment: Payment,
+    number: int,
+    outcome: Outcome,
+    gateway_reference: str | None = None,
+    decline_code: str | None = None,
+    message: str = "",
+) -> tuple[Attempt, ...]:
+    """The attempts with attempt ``number`` settled (usually the last one)."""
+    attempts = payment.attempts
+    for i in range(len(attempts) - 1, -1, -1):
+        old = attempts[i]
+        if old.number == number:
+            new = Attempt(
+                number,
+                old.gateway,
+                old.idempotency_key,
+                outcome,
+                gateway_reference or old.gateway_reference,
+                decline_code,
+                message,
+            )
+            return (*attempts[:i], new, *attempts[i + 1 :])
     raise OperationNotAllowed(payment.id, f"event names unknown attempt {number}")
 
 
@@ -188,61 +205,87 @@ def apply(payment: Payment | None, event: ev.Event) -> Payment:
     return new
 
 
-def _apply(p: Payment, e: ev.Event) -> Payment:  # noqa: C901 - one branch per event type
-    if isinstance(e, ev.PaymentProcessingStarted):
-        attempt = Attempt(e.attempt_no, e.gateway, e.idempotency_key)
-        return _evolve(p, e, S.PROCESSING, attempts=(*p.attempts, attempt), next_action=None)
-    if isinstance(e, ev.PaymentAuthorized):
-        attempts = _replace_attempt(
-            p, e.attempt_no, outcome=Outcome.SUCCEEDED, gateway_reference=e.gateway_reference
-        )
-        return _evolve(
-            p, e, S.AUTHORIZED, attempts=attempts, authorized=e.amount, next_action=None
-        )
-    if isinstance(e, ev.PaymentCompleted):
-        return _evolve(p, e, S.COMPLETED, captured=e.amount)
-    if isinstance(e, ev.PaymentAttemptFailed):
-        attempts = _replace_attempt(
-            p, e.attempt_no, outcome=e.outcome, decline_code=e.decline_code, message=e.message
-        )
-        return _evolve(p, e, p.state, attempts=attempts)
-    if isinstance(e, ev.PaymentOutcomeUnknown):
-        attempts = _replace_attempt(p, e.attempt_no, outcome=Outcome.UNKNOWN, message=e.message)
-        return _evolve(p, e, p.state, attempts=attempts)
-    if isinstance(e, ev.PaymentRequiresAction):
-        attempts = _replace_attempt(
-            p,
-            e.attempt_no,
-            outcome=Outcome.REQUIRES_ACTION,
-            gateway_reference=e.gateway_reference,
-        )
-        return _evolve(
-            p, e, S.REQUIRES_ACTION, attempts=attempts, next_action=dict(e.next_action)
-        )
-    if isinstance(e, ev.PaymentFailed):
-        return _evolve(
-            p, e, S.FAILED, failure_code=e.code, failure_message=e.message, next_action=None
-        )
-    if isinstance(e, ev.PaymentCancelled):
-        return _evolve(p, e, S.CANCELLED, next_action=None)
-    if isinstance(e, ev.RefundSucceeded):
-        refunded = p.refunded_amount + e.amount
-        state = S.REFUNDED if refunded == p.captured_amount else S.PARTIALLY_REFUNDED
-        refund = Refund(
-            e.refund_no, e.amount, e.idempotency_key, True, e.gateway_reference, e.reason
-        )
-        return _evolve(p, e, state, refunded=refunded, refunds=(*p.refunds, refund))
-    if isinstance(e, ev.RefundFailed):
-        refund = Refund(e.refund_no, e.amount, e.idempotency_key, False)
-        return _evolve(p, e, p.state, refunds=(*p.refunds, refund))
-    if isinstance(e, ev.PaymentFlaggedForReview):
-        return _evolve(p, e, p.state, review=True, capture_mode="manual")
-    if isinstance(e, ev.CaptureFailed):
-        return _evolve(p, e, p.state)
-    if isinstance(e, ev.PaymentInitiated):
-        raise OperationNotAllowed(p.id, "PaymentInitiated can only be the first event")
-    # A plugin's own event type: a recorded fact that does not change the payment.
+def _processing_started(p: Payment, e: Any) -> Payment:
+    attempt = Attempt(e.attempt_no, e.gateway, e.idempotency_key)
+    return _evolve(p, e, S.PROCESSING, attempts=(*p.attempts, attempt), next_action=None)
+
+
+def _authorized(p: Payment, e: Any) -> Payment:
+    attempts = _replace_attempt(p, e.attempt_no, Outcome.SUCCEEDED, e.gateway_reference)
+    return _evolve(p, e, S.AUTHORIZED, attempts=attempts, authorized=e.amount, next_action=None)
+
+
+def _completed(p: Payment, e: Any) -> Payment:
+    return _evolve(p, e, S.COMPLETED, captured=e.amount)
+
+
+def _attempt_failed(p: Payment, e: Any) -> Payment:
+    attempts = _replace_attempt(p, e.attempt_no, e.outcome, None, e.decline_code, e.message)
+    return _evolve(p, e, p.state, attempts=attempts)
+
+
+def _outcome_unknown(p: Payment, e: Any) -> Payment:
+    attempts = _replace_attempt(p, e.attempt_no, Outcome.UNKNOWN, message=e.message)
+    return _evolve(p, e, p.state, attempts=attempts)
+
+
+def _requires_action(p: Payment, e: Any) -> Payment:
+    attempts = _replace_attempt(p, e.attempt_no, Outcome.REQUIRES_ACTION, e.gateway_reference)
+    return _evolve(p, e, S.REQUIRES_ACTION, attempts=attempts, next_action=dict(e.next_action))
+
+
+def _failed(p: Payment, e: Any) -> Payment:
+    return _evolve(p, e, S.FAILED, failure_code=e.code, failure_message=e.message, next_action=None)
+
+
+def _cancelled(p: Payment, e: Any) -> Payment:
+    return _evolve(p, e, S.CANCELLED, next_action=None)
+
+
+def _refund_succeeded(p: Payment, e: Any) -> Payment:
+    refunded = p.refunded_amount + e.amount
+    state = S.REFUNDED if refunded == p.captured_amount else S.PARTIALLY_REFUNDED
+    refund = Refund(e.refund_no, e.amount, e.idempotency_key, True, e.gateway_reference, e.reason)
+    return _evolve(p, e, state, refunded=refunded, refunds=(*p.refunds, refund))
+
+
+def _refund_failed(p: Payment, e: Any) -> Payment:
+    refund = Refund(e.refund_no, e.amount, e.idempotency_key, False)
+    return _evolve(p, e, p.state, refunds=(*p.refunds, refund))
+
+
+def _flagged(p: Payment, e: Any) -> Payment:
+    return _evolve(p, e, p.state, review=True, capture_mode="manual")
+
+
+def _unchanged(p: Payment, e: Any) -> Payment:
+    # CaptureFailed, or a plugin's own event type: a recorded fact that changes no field.
     return _evolve(p, e, p.state)
+
+
+def _not_first(p: Payment, e: Any) -> Payment:
+    raise OperationNotAllowed(p.id, "PaymentInitiated can only be the first event")
+
+
+_APPLY: dict[type[ev.Event], Callable[[Payment, Any], Payment]] = {
+    ev.PaymentProcessingStarted: _processing_started,
+    ev.PaymentAuthorized: _authorized,
+    ev.PaymentCompleted: _completed,
+    ev.PaymentAttemptFailed: _attempt_failed,
+    ev.PaymentOutcomeUnknown: _outcome_unknown,
+    ev.PaymentRequiresAction: _requires_action,
+    ev.PaymentFailed: _failed,
+    ev.PaymentCancelled: _cancelled,
+    ev.RefundSucceeded: _refund_succeeded,
+    ev.RefundFailed: _refund_failed,
+    ev.PaymentFlaggedForReview: _flagged,
+    ev.CaptureFailed: _unchanged,
+    ev.PaymentInitiated: _not_first,
+}
+
+
+def _apply(p: Payment, e: ev.Event) -> Payment:
+    return _APPLY.get(type(e), _unchanged)(p, e)
 
 
 def replay(events: Iterable[ev.Event]) -> Payment | None:

@@ -61,6 +61,7 @@ from .requests import PaymentRequest
 from .serialization import EventTypes
 from .settings import EngineSettings
 from .states import PaymentState
+from .timeouts import run_with_timeout
 from .store.base import Change, IdempotencyClaimed, IdempotencyRecord, PaymentStore
 
 log = logging.getLogger("aegispay.service")
@@ -213,7 +214,7 @@ class PaymentService:
         return the first result; the same key with any difference raises
         IdempotencyKeyReused; concurrent duplicates create one payment.
         """
-        started = time.perf_counter()
+        started = time.perf_counter() if self.hooks.wants_operations else 0.0
         payment: Payment | None = None
         try:
             payment = await self._create(request, idempotency_key)
@@ -671,7 +672,7 @@ class PaymentService:
         payment_id: str,
         body: Callable[[Payment, Lease], Awaitable[Payment]],
     ) -> Payment:
-        started = time.perf_counter()
+        started = time.perf_counter() if self.hooks.wants_operations else 0.0
         try:
             async with self.locks.hold(payment_id, self.engine.lock_timeout_s) as lease:
                 payment = await self.store.load(payment_id)
@@ -739,11 +740,10 @@ class PaymentService:
         if self.hooks.wants_gateway_calls:
             call = GatewayCall(gateway_name, operation, request.payment_id, request.idempotency_key, attempt_no)
             await self.hooks.before_gateway_call(call)
-        began = time.perf_counter()
+        began = time.perf_counter() if call is not None else 0.0
         timeout = self.engine.gateway_timeout_s
         try:
-            with anyio.fail_after(timeout):
-                result = await getattr(gateway, _METHODS[operation])(request)
+            result = await run_with_timeout(getattr(gateway, _METHODS[operation])(request), timeout)
         except TimeoutError:
             result = GatewayResult(Outcome.UNKNOWN, message=f"no answer within {timeout:g}s")
         except GatewayNotSent as exc:

@@ -1,0 +1,225 @@
+"""The main job: run N payments through the whole pipeline and report what happened.
+
+Requests are generated from one seeded RNG in sequence, so request *i* is the same whatever
+task picks it up; the simulated gateways draw outcomes from a hash of the seed and each
+request's reference. The report checks the money, not just the speed: duplicate charges found
+in the gateways' own ledger, charges the store does not know about, UNKNOWN outcomes never
+settled, and replayed histories that differ from the stored projections.
+"""
+
+from __future__ import annotations
+
+import gc
+import random
+import resource
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import anyio
+import attrs
+
+from .errors import AegisPayError
+from .gateways import Outcome
+from .metrics import LatencyHistogram
+from .money import Money
+from .payment import Payment, replay
+from .requests import PaymentRequest
+from .service import PaymentService
+from .states import PaymentState
+
+S = PaymentState
+
+# Currency mix: (code, weight). Covers exponents 0 (JPY), 2 and 3 (KWD).
+CURRENCY_MIX = (("USD", 60), ("EUR", 15), ("GBP", 8), ("JPY", 7), ("INR", 5), ("KWD", 5))
+
+
+@attrs.frozen
+class SimulationOptions:
+    payments: int
+    concurrency: int = 100
+    seed: int = 0
+    refund_share: float = 0.10
+    retry_share: float = 0.02  # clients re-sending the same request with the same key
+    approve_share: float = 0.8  # reviewed payments a person approves (the rest are voided)
+
+
+@attrs.frozen
+class PaymentSpec:
+    request: PaymentRequest
+    key: str
+    refund: str  # "", "partial" or "full"
+    resend: bool
+    approve: bool
+
+
+def generate(options: SimulationOptions) -> Iterator[PaymentSpec]:
+    rng = random.Random(options.seed)
+    codes = [c for c, _ in CURRENCY_MIX]
+    weights = [w for _, w in CURRENCY_MIX]
+    customers = max(50, options.payments // 5)
+    for i in range(options.payments):
+        currency = rng.choices(codes, weights)[0]
+        amount = Money(rng.randint(100, 50_000) * 10 ** Money.zero(currency).exponent // 100, currency)
+        if amount.minor == 0:
+            amount = Money(1, currency)
+        blocked = rng.random() < 0.005
+        customer = f"cus_blocked_{i % 3}" if blocked else f"cus_{rng.randrange(customers)}"
+        roll = rng.random()
+        refund = "partial" if roll < options.refund_share / 2 else (
+            "full" if roll < options.refund_share else ""
+        )
+        yield PaymentSpec(
+            PaymentRequest(
+                amount,
+                customer_id=customer,
+                payment_method="pm_card_visa",
+                reference=f"sim-{options.seed}-{i}",
+                metadata={"order": str(i)},
+            ),
+            key=f"sim-{options.seed}-{i}",
+            refund=refund,
+            resend=rng.random() < options.retry_share,
+            approve=rng.random() < options.approve_share,
+        )
+
+
+@attrs.define
+class _Tally:
+    latency: LatencyHistogram = attrs.field(factory=LatencyHistogram)
+    overhead: LatencyHistogram = attrs.field(factory=LatencyHistogram)
+    outcomes: Counter[str] = attrs.field(factory=Counter)
+    routed: Counter[str] = attrs.field(factory=Counter)
+    attempts: dict[str, Counter[str]] = attrs.field(factory=dict)
+    refunds: int = 0
+    resends: int = 0
+    resend_mismatches: int = 0
+    errors: Counter[str] = attrs.field(factory=Counter)
+    done: int = 0
+
+
+async def _one(service: PaymentService, spec: PaymentSpec, tally: _Tally, ledger: Any) -> None:
+    started = time.perf_counter()
+    payment = await service.pay(spec.request, idempotency_key=spec.key)
+    if spec.resend:
+        again = await service.pay(spec.request, idempotency_key=spec.key)
+        tally.resends += 1
+        if again.id != payment.id:
+            tally.resend_mismatches += 1
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    tally.latency.record_ms(elapsed_ms)
+    gateway_ms = ledger.take_gateway_time(payment.id) if ledger is not None else 0.0
+    tally.overhead.record_ms(max(0.0, elapsed_ms - gateway_ms))
+    if payment.attempts:
+        tally.routed[payment.attempts[0].gateway] += 1
+    for attempt in payment.attempts:
+        counter = tally.attempts.setdefault(attempt.gateway, Counter())
+        counter[attempt.outcome.value if attempt.outcome else "in_flight"] += 1
+    if payment.review and payment.state is S.AUTHORIZED:
+        if spec.approve:
+            payment = await service.capture(payment.id)
+        else:
+            payment = await service.cancel(payment.id, "rejected in review")
+    if spec.refund and payment.state is S.COMPLETED:
+        amount = None
+        if spec.refund == "partial" and payment.amount.minor > 1:
+            amount = Money(payment.amount.minor // 3 or 1, payment.amount.currency)
+        payment = await service.refund(payment.id, amount, reason="requested_by_customer")
+        tally.refunds += 1
+
+
+async def run_simulation(
+    service: PaymentService,
+    options: SimulationOptions,
+    ledger: Any = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Run the workload on ``service`` (already built; entered here) and return the report."""
+    tally = _Tally()
+    specs = generate(options)
+    rss_start = _rss_mb()
+
+    async def worker() -> None:
+        for spec in specs:  # a shared iterator: each spec is taken exactly once
+            try:
+                await _one(service, spec, tally, ledger)
+            except AegisPayError as error:
+                tally.errors[type(error).__name__] += 1
+            tally.done += 1
+            if progress is not None:
+                progress(1)
+
+    gc.collect()
+    async with service:
+        started = time.perf_counter()
+        async with anyio.create_task_group() as group:
+            for _ in range(min(options.concurrency, options.payments) or 1):
+                group.start_soon(worker)
+        elapsed = time.perf_counter() - started
+    rss_end = _rss_mb()
+    audit = await audit_store(service, ledger)
+    payments = tally.done
+    return {
+        "payments": payments,
+        "concurrency": options.concurrency,
+        "seed": options.seed,
+        "elapsed_s": round(elapsed, 3),
+        "throughput_per_s": round(payments / elapsed, 1) if elapsed else 0.0,
+        "latency_ms": tally.latency.summary(),
+        "overhead_ms": tally.overhead.summary(),
+        "outcomes": dict(sorted(audit.pop("states").items())),
+        "by_gateway": {
+            name: {"first_choice": tally.routed.get(name, 0), "attempts": dict(sorted(c.items()))}
+            for name, c in sorted(tally.attempts.items())
+        },
+        "refunds": tally.refunds,
+        "idempotent_resends": tally.resends,
+        "resend_mismatches": tally.resend_mismatches,
+        "errors": dict(tally.errors),
+        **audit,
+        "events_published": service.relay.published,
+        "max_rss_mb": {"start": rss_start, "end": rss_end},
+    }
+
+
+async def audit_store(service: PaymentService, ledger: Any) -> dict[str, Any]:
+    """Check every stored payment against its own history and the gateways' ledger."""
+    states: Counter[str] = Counter()
+    mismatches = 0
+    known: dict[str, Payment] = {}
+    unsettled = 0
+    for payment_id in await service.store.payment_ids():
+        stored = await service.store.load(payment_id)
+        assert stored is not None
+        known[payment_id] = stored
+        states[stored.state.value] += 1
+        if replay(await service.store.events(payment_id)) != stored:
+            mismatches += 1
+        if any(a.outcome in (None, Outcome.UNKNOWN) for a in stored.attempts):
+            unsettled += 1
+    report: dict[str, Any] = {
+        "states": states,
+        "replay_mismatches": mismatches,
+        "unsettled_attempts": unsettled,
+        "outbox_pending": len(await service.store.outbox_pending(10**9)),
+    }
+    if ledger is not None:
+        orphans = 0
+        for charge in ledger.charges.values():
+            payment = known.get(charge.payment_id)
+            recorded = payment is not None and any(
+                a.idempotency_key == charge.idempotency_key and a.gateway_reference == charge.reference
+                for a in payment.attempts
+            )
+            if not recorded and not charge.voided:
+                orphans += 1
+        report["duplicate_charges"] = ledger.duplicate_charges()
+        report["unrecorded_charges"] = orphans
+        report["unknown_outcomes"] = len(ledger.unknown_keys)
+        report["status_lookups"] = ledger.status_lookups
+    return report
+
+
+def _rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

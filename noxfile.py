@@ -1,0 +1,47 @@
+"""Developer sessions: ``nox`` runs tests, lint and types; ``nox -s bench`` prints figures.
+
+Each session installs the project from this checkout into its own virtualenv, so a session
+that passes here passes on a fresh machine.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "types"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite (asyncio and trio backends), plus the example plugin built and loaded."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", "core", "plugins", "tests", "noxfile.py")
+    session.run("ruff", "format", "--check", "core", "plugins", "tests", "noxfile.py")
+
+
+@nox.session
+def types(session: nox.Session) -> None:
+    session.install("-e", ".[lint]")
+    session.run("mypy")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Throughput and latency figures (see docs/benchmarks.md for recorded results)."""
+    session.install("-e", ".")
+    payments = session.posargs[0] if session.posargs else "50000"
+    session.run(
+        "aegispay", "simulate", "--store", "memory://", "--latency-ms", "0",
+        "--payments", payments, "--concurrency", "1000", "--json",
+    )
+    session.run(
+        "aegispay", "simulate", "--store", "memory://", "--latency-ms", "100",
+        "--payments", "20000", "--concurrency", "1000", "--json",
+    )

@@ -1,0 +1,401 @@
+"""The payment lifecycle: create, process, capture, cancel, refund - and what each refuses."""
+
+from __future__ import annotations
+
+import pytest
+
+from aegispay import (
+    GatewayDeclined,
+    GatewayResult,
+    GatewayUnavailable,
+    InvalidInput,
+    InvalidTransition,
+    Money,
+    Operation,
+    OperationNotAllowed,
+    Outcome,
+    OutcomeUnknown,
+    Payment,
+    PaymentRequest,
+    PaymentService,
+    PaymentState,
+    RefundRequest,
+)
+from aegispay import events as ev
+from aegispay.testing import ScriptedGateway, make_test_service
+
+pytestmark = pytest.mark.anyio
+
+S = PaymentState
+
+
+def usd(minor: int) -> Money:
+    return Money(minor, "USD")
+
+
+def request(minor: int = 1000, **fields: object) -> PaymentRequest:
+    return PaymentRequest(usd(minor), **fields)  # type: ignore[arg-type]
+
+
+def ops(gateway: ScriptedGateway, operation: Operation) -> list[str]:
+    """Idempotency keys of the calls ``gateway`` received for ``operation``."""
+    return [call.idempotency_key for call in gateway.calls if call.operation is operation]
+
+
+class LostRefundAnswerGateway(ScriptedGateway):
+    """Performs every refund, but the answer to the first one is lost (a read timeout after the
+    gateway acted): exactly the case where a retry with a new key would refund twice."""
+
+    def __init__(self, name: str = "scripted") -> None:
+        super().__init__(name)
+        self.answers_to_lose = 1
+
+    async def refund(self, request: RefundRequest) -> GatewayResult:
+        result = await super().refund(request)
+        if self.answers_to_lose:
+            self.answers_to_lose -= 1
+            return GatewayResult(Outcome.UNKNOWN, message="read timeout")
+        return result
+
+
+async def authorized_payment(service: PaymentService, minor: int = 1000) -> Payment:
+    payment = await service.pay(request(minor, capture_mode="manual"))
+    assert payment.state is S.AUTHORIZED
+    return payment
+
+
+# -- create and process ----------------------------------------------------------------------
+
+
+async def test_create_stores_an_initiated_payment_without_calling_a_gateway() -> None:
+    gateway = ScriptedGateway()
+    service = make_test_service(gateways=[gateway])
+    async with service:
+        payment = await service.create_payment(request(1234, customer_id="cus_1"))
+        stored = await service.get_payment(payment.id)
+
+    assert payment.state is S.INITIATED
+    assert payment.version == 1
+    assert payment.amount == usd(1234)
+    assert payment.customer_id == "cus_1"
+    assert stored == payment
+    assert gateway.calls == []
+
+
+async def test_automatic_capture_completes_with_one_charge() -> None:
+    gateway = ScriptedGateway()
+    service = make_test_service(gateways=[gateway])
+    async with service:
+        created = await service.create_payment(request(2500))
+        payment = await service.process_payment(created.id)
+        history = await service.payment_history(payment.id)
+
+    assert payment.state is S.COMPLETED
+    assert payment.authorized_amount == usd(2500)
+    assert payment.captured_amount == usd(2500)
+    assert payment.refunded_amount == usd(0)
+    assert gateway.charge_count(payment.id) == 1
+    assert gateway.captured[payment.id] == 2500
+    assert [type(e) for e in history] == [
+        ev.PaymentInitiated,
+        ev.PaymentProcessingStarted,
+        ev.PaymentAuthorized,
+        ev.PaymentCompleted,
+    ]
+    # The gateway received the attempt's derived idempotency key.
+    assert ops(gateway, Operation.AUTHORIZE) == [f"{payment.id}-1"]
+    assert payment.attempts[0].idempotency_key == f"{payment.id}-1"
+
+
+async def test_automatic_mode_captures_separately_when_the_gateway_only_authorises() -> None:
+    gateway = ScriptedGateway(capture_on_authorize=False)
+    service = make_test_service(gateways=[gateway])
+    async with service:
+        payment = await service.pay(request(700))
+
+    assert payment.state is S.COMPLETED
+    assert payment.captured_amount == usd(700)
+    assert [c.operation for c in gateway.calls] == [Operation.AUTHORIZE, Operation.CAPTURE]
+    assert gateway.captured[payment.id] == 700
+
+
+async def test_manual_capture_authorises_then_captures_in_full() -> None:
+    gateway = ScriptedGateway()
+    service = make_test_service(gateways=[gateway])
+    async with service:
+        authorized = await authorized_payment(service, 1000)
+        assert authorized.authorized_amount == usd(1000)
+        assert authorized.captured_amount == usd(0)
+        assert authorized.id not in gateway.captured
+
+        payment = await service.capture(authorized.id)
+
+    assert payment.state is S.COMPLETED
+    assert payment.captured_amount == usd(1000)
+    assert payment.version == authorized.version + 1
+    assert gateway.captured[payment.id] == 1000
+    assert gateway.charge_count(payment.id) == 1
+
+
+async def test_partial_capture_completes_with_less_than_authorised() -> None:
+    gateway = ScriptedGateway()
+    service = make_test_service(gateways=[gateway])
+    async with service:
+        authorized = await authorized_payment(service, 1000)
+        payment = await service.capture(authorized.id, usd(600))
+        stored = await service.get_payment(authorized.id)
+
+    assert payment.state is S.COMPLETED
+    assert payment.captured_amount == usd(600)
+    assert payment.authorized_amount == usd(1000)
+    assert payment.captured_amount < payment.authorized_amount
+    assert stored == payment
+    assert gateway.captured[payment.id] == 600
+    # Only what was captured can be refunded.
+    assert payment.refundable_amount == usd(600)
+
+
+async def test_capture_more_than_authorised_is_refused_and_writes_nothing() -> None:
+    gateway = ScriptedGateway()
+    service = make_test_service(gateways=[gateway])
+    async with service:
+        authorized = await authorized_payment(service, 1000)
+        with pytest.raises(OperationNotAllowed) as raised:
+            await service.capture(authorized.id, usd(1001))
+        stored = await service.get_payment(authorized.id)
+
+    assert authorized.id in str(raised.value)
+    assert stored == authorized
+    assert ops(gateway, Operation.CAPTURE) == []
+
+
+# -- cancel ------------------------------------------------------------------------------------
+
+
+async def test_cancel_initiated_payment_needs_no_gateway() -> None:
+    gateway = ScriptedGateway()
+    service = make_test_service(gateways=[gateway])
+    async with service:
+        created = await service.create_payment(request())
+        payment = await service.cancel(created.id, reason="customer changed mind")
+        history = await service.payment_history(created.id)
+
+    assert payment.state is S.CANCELLED
+    assert gateway.calls == []
+    last = history[-1]
+    assert isinstance(last, ev.PaymentCancelled)
+    assert last.voided is False
+    assert last.reason == "customer changed mind"
+
+
+async def test_cancel_authorised_payment_voids_at_the_gateway() -> None:
+    gateway = ScriptedGateway()
+    service = make_test_service(gateways=[gateway])
+    async with service:
+        authorized = await authorized_payment(service)
+        payment = await service.cancel(authorized.id)
+        history = await service.payment_history(authorized.id)
+
+    assert payment.state is S.CANCELLED
+    assert authorized.id in gateway.voided
+    assert ops(gateway, Operation.VOID) == [f"{authorized.id}-void-v{authorized.version}"]
+    last = history[-1]
+    assert isinstance(last, ev.PaymentCancelled)
+    assert last.voided is True
+
+
+async def test_declined_void_leaves_the_payment_authorised() -> None:
+    gateway = ScriptedGateway(script={Operation.VOID: [Outcome.DECLINED]})
+    service = make_test_service(gateways=[gateway])
+    async with service:
+        authorized = await authorized_payment(service)
+        with pytest.raises(GatewayDeclined) as raised:
+            await service.cancel(authorized.id)
+        stored = await service.get_payment(authorized.id)
+
+    assert raised.value.payment_id == authorized.id
+    assert raised.value.operation == "void"
+    assert stored.state is S.AUTHORIZED
+    assert authorized.id not in gateway.voided
+
+
+# -- operations from the wrong state ----------------------------------------------------------
+
+
+async def test_capture_from_wrong_states_raises_invalid_transition() -> None:
+    service = make_test_service(gateways=[ScriptedGateway()])
+    async with service:
+        initiated = await service.create_payment(request())
+        completed = await service.pay(request())
+        for payment in (initiated, completed):
+            with pytest.raises(InvalidTransition) as raised:
+                await service.capture(payment.id)
+            assert raised.value.payment_id == payment.id
+            assert payment.id in str(raised.value)
+            assert (await service.get_payment(payment.id)).version == payment.version
+
+
+async def test_cancel_from_wrong_states_raises_invalid_transition() -> None:
+    service = make_test_service(
+        gateways=[ScriptedGateway(script={Operation.AUTHORIZE: [Outcome.SUCCEEDED, Outcome.DECLINED]})]
+    )
+    async with service:
+        completed = await service.pay(request())
+        failed = await service.pay(request())
+        cancelled = await service.cancel((await service.create_payment(request())).id)
+        assert (completed.state, failed.state) == (S.COMPLETED, S.FAILED)
+        for payment in (completed, failed, cancelled):
+            with pytest.raises(InvalidTransition) as raised:
+                await service.cancel(payment.id)
+            assert raised.value.payment_id == payment.id
+            assert payment.id in str(raised.value)
+            assert raised.value.from_state is payment.state
+
+
+async def test_refund_from_wrong_states_raises_invalid_transition() -> None:
+    gateway = ScriptedGateway()
+    service = make_test_service(gateways=[gateway])
+    async with service:
+        initiated = await service.create_payment(request())
+        authorized = await authorized_payment(service)
+        refunded = await service.refund((await service.pay(request())).id)
+        assert refunded.state is S.REFUNDED
+        for payment in (initiated, authorized, refunded):
+            with pytest.raises(InvalidTransition) as raised:
+                await service.refund(payment.id, usd(1))
+            assert raised.value.payment_id == payment.id
+            assert payment.id in str(raised.value)
+    assert len(ops(gateway, Operation.REFUND)) == 1
+
+
+# -- refunds -----------------------------------------------------------------------------------
+
+
+async def test_several_partial_refunds_then_refunded() -> None:
+    gateway = ScriptedGateway()
+    service = make_test_service(gateways=[gateway])
+    async with service:
+        paid = await service.pay(request(1000))
+        first = await service.refund(paid.id, usd(300), reason="one item returned")
+        second = await service.refund(paid.id, usd(300))
+        last = await service.refund(paid.id)  # the rest
+
+    assert first.state is S.PARTIALLY_REFUNDED
+    assert first.refunded_amount == usd(300)
+    assert second.state is S.PARTIALLY_REFUNDED
+    assert second.refunded_amount == usd(600)
+    assert last.state is S.REFUNDED
+    assert last.refunded_amount == usd(1000)
+    assert last.refundable_amount == usd(0)
+    assert [r.amount for r in last.refunds] == [usd(300), usd(300), usd(400)]
+    assert all(r.succeeded for r in last.refunds)
+    assert last.refunds[0].reason == "one item returned"
+    assert gateway.refunded[paid.id] == 1000
+    assert ops(gateway, Operation.REFUND) == [f"{paid.id}-refund-{n}" for n in (1, 2, 3)]
+
+
+async def test_over_refund_is_refused_and_writes_nothing() -> None:
+    gateway = ScriptedGateway()
+    service = make_test_service(gateways=[gateway])
+    async with service:
+        paid = await service.pay(request(1000))
+        partly = await service.refund(paid.id, usd(800))
+        with pytest.raises(OperationNotAllowed) as raised:
+            await service.refund(paid.id, usd(201))
+        stored = await service.get_payment(paid.id)
+        history = await service.payment_history(paid.id)
+
+    assert raised.value.payment_id == paid.id
+    assert stored == partly
+    assert stored.version == partly.version
+    assert len(history) == partly.version
+    assert gateway.refunded[paid.id] == 800
+    assert len(ops(gateway, Operation.REFUND)) == 1
+
+
+@pytest.mark.parametrize("operation", ["capture", "refund"])
+async def test_wrong_currency_amount_is_invalid_input_naming_amount(operation: str) -> None:
+    gateway = ScriptedGateway()
+    service = make_test_service(gateways=[gateway])
+    async with service:
+        payment = await service.pay(request(1000, capture_mode="manual"))
+        if operation == "refund":
+            payment = await service.capture(payment.id)
+        calls_before = len(gateway.calls)
+        with pytest.raises(InvalidInput) as raised:
+            await getattr(service, operation)(payment.id, Money(100, "EUR"))
+        stored = await service.get_payment(payment.id)
+
+    assert raised.value.field == "amount"
+    assert "EUR" in str(raised.value)
+    assert stored.version == payment.version
+    assert len(gateway.calls) == calls_before
+
+
+async def test_declined_refund_records_refund_failed_and_raises() -> None:
+    decline = GatewayResult(Outcome.DECLINED, decline_code="insufficient_balance", message="no")
+    gateway = ScriptedGateway(script={Operation.REFUND: [decline]})
+    service = make_test_service(gateways=[gateway])
+    async with service:
+        paid = await service.pay(request(1000))
+        with pytest.raises(GatewayDeclined) as raised:
+            await service.refund(paid.id, usd(400))
+        stored = await service.get_payment(paid.id)
+        history = await service.payment_history(paid.id)
+        # A later refund is a new refund with a new key, and succeeds.
+        retried = await service.refund(paid.id, usd(400))
+
+    assert raised.value.payment_id == paid.id
+    assert raised.value.operation == "refund"
+    assert raised.value.code == "insufficient_balance"
+    assert stored.state is S.COMPLETED
+    assert stored.version == paid.version + 1
+    assert stored.refunded_amount == usd(0)
+    failed = history[-1]
+    assert isinstance(failed, ev.RefundFailed)
+    assert failed.code == "insufficient_balance"
+    assert failed.amount == usd(400)
+    assert [r.succeeded for r in stored.refunds] == [False]
+    assert retried.state is S.PARTIALLY_REFUNDED
+    assert retried.refunded_amount == usd(400)
+    assert gateway.refunded[paid.id] == 400
+
+
+async def test_not_sent_capture_raises_gateway_unavailable_and_writes_nothing() -> None:
+    gateway = ScriptedGateway(script={Operation.CAPTURE: [Outcome.NOT_SENT]})
+    service = make_test_service(gateways=[gateway])
+    async with service:
+        authorized = await authorized_payment(service)
+        with pytest.raises(GatewayUnavailable) as raised:
+            await service.capture(authorized.id)
+        stored = await service.get_payment(authorized.id)
+        # Safe to retry: nothing happened.
+        captured = await service.capture(authorized.id)
+
+    assert raised.value.payment_id == authorized.id
+    assert raised.value.operation == "capture"
+    assert stored == authorized
+    assert captured.state is S.COMPLETED
+    assert gateway.captured[authorized.id] == 1000
+
+
+async def test_unknown_refund_is_retried_with_the_same_key_and_refunds_once() -> None:
+    gateway = LostRefundAnswerGateway()
+    service = make_test_service(gateways=[gateway])
+    async with service:
+        paid = await service.pay(request(1000))
+        with pytest.raises(OutcomeUnknown) as raised:
+            await service.refund(paid.id, usd(250))
+        unchanged = await service.get_payment(paid.id)
+        refunded = await service.refund(paid.id, usd(250))
+
+    assert raised.value.payment_id == paid.id
+    assert raised.value.operation == "refund"
+    assert unchanged == paid
+    keys = ops(gateway, Operation.REFUND)
+    assert keys == [f"{paid.id}-refund-1", f"{paid.id}-refund-1"]
+    # The gateway acted on the first call; the retry got its stored answer, not a new refund.
+    assert gateway.refunded[paid.id] == 250
+    assert refunded.state is S.PARTIALLY_REFUNDED
+    assert refunded.refunded_amount == usd(250)
+    assert [r.idempotency_key for r in refunded.refunds] == [f"{paid.id}-refund-1"]
