@@ -60,7 +60,9 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
     default=None,
     help="Comma-separated simulated gateways to use (default: all configured).",
 )
-@click.option("--store", "store_url", default=None, help="Store URL (default: from settings; memory://).")
+@click.option(
+    "--store", "store_url", default=None, help="Store URL (default: from settings; memory://)."
+)
 @click.option(
     "--latency-ms",
     type=click.FloatRange(min=0),
@@ -99,8 +101,10 @@ def simulate(
         click.echo(json.dumps(report, sort_keys=True))
     else:
         _print_report(report)
-    if report.get("duplicate_charges") or report["replay_mismatches"] or report.get(
-        "unrecorded_charges"
+    if (
+        report.get("duplicate_charges")
+        or report["replay_mismatches"]
+        or report.get("unrecorded_charges")
     ):
         sys.exit(1)
 
@@ -168,6 +172,7 @@ def _print_report(report: dict[str, Any]) -> None:
     summary.add_column(justify="right")
     latency = report["latency_ms"]
     overhead = report["overhead_ms"]
+    resends = report["idempotent_resends"]
     rows = [
         ("payments", f"{report['payments']:,}"),
         ("concurrency", str(report["concurrency"])),
@@ -176,11 +181,17 @@ def _print_report(report: dict[str, Any]) -> None:
         ("latency p50 / p95 / p99", f"{latency['p50']} / {latency['p95']} / {latency['p99']} ms"),
         ("orchestration overhead p95", f"{overhead['p95']} ms"),
         ("refunds", f"{report['refunds']:,}"),
-        ("idempotent re-sends (same payment)", f"{report['idempotent_resends'] - report['resend_mismatches']:,} / {report['idempotent_resends']:,}"),
+        (
+            "idempotent re-sends (same payment)",
+            f"{resends - report['resend_mismatches']:,} / {resends:,}",
+        ),
         ("events published", f"{report['events_published']:,}"),
         ("duplicate charges", str(report.get("duplicate_charges", "n/a"))),
         ("charges not recorded", str(report.get("unrecorded_charges", "n/a"))),
-        ("UNKNOWN outcomes / status lookups", f"{report.get('unknown_outcomes', 0)} / {report.get('status_lookups', 0)}"),
+        (
+            "UNKNOWN outcomes / status lookups",
+            f"{report.get('unknown_outcomes', 0)} / {report.get('status_lookups', 0)}",
+        ),
         ("attempts left unsettled", str(report["unsettled_attempts"])),
         ("replay mismatches", str(report["replay_mismatches"])),
     ]
@@ -203,7 +214,10 @@ def _print_report(report: dict[str, Any]) -> None:
         gateways.add_row(
             gateway,
             f"{data['first_choice']:,}",
-            *(f"{attempts.get(k, 0):,}" for k in ("succeeded", "declined", "not_sent", "unknown", "requires_action")),
+            *(
+                f"{attempts.get(k, 0):,}"
+                for k in ("succeeded", "declined", "not_sent", "unknown", "requires_action")
+            ),
         )
     console.print(gateways)
     if report["errors"]:

@@ -58,7 +58,9 @@ class ConfigError(AegisPayError, ValueError):
 class InvalidTransition(AegisPayError):
     """A state change the transition table forbids."""
 
-    def __init__(self, payment_id: str, from_state: object, to_state: object, why: str = "") -> None:
+    def __init__(
+        self, payment_id: str, from_state: object, to_state: object, why: str = ""
+    ) -> None:
         self.payment_id = payment_id
         self.from_state = from_state
         self.to_state = to_state
@@ -91,8 +93,7 @@ class ConcurrencyConflict(AegisPayError):
         self.expected_version = expected_version
         self.actual_version = actual_version
         super().__init__(
-            f"payment {payment_id}: expected version {expected_version}, "
-            f"store has {actual_version}"
+            f"payment {payment_id}: expected version {expected_version}, store has {actual_version}"
         )
 
 
@@ -168,7 +169,9 @@ class GatewayDeclined(AegisPayError):
         self.payment_id = payment_id
         self.operation = operation
         self.code = code
-        super().__init__(f"payment {payment_id}: {operation} declined by the gateway ({code}) {message}".rstrip())
+        super().__init__(
+            f"payment {payment_id}: {operation} declined by the gateway ({code}) {message}".rstrip()
+        )
 
 
 class GatewayUnavailable(AegisPayError):

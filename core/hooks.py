@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import pluggy
 
@@ -24,13 +24,13 @@ from .payment import Payment
 from .requests import PaymentRequest
 
 log = logging.getLogger("aegispay.hooks")
-T = TypeVar("T")
 
 
-async def await_me_maybe(value: T | Any) -> T:
+async def await_me_maybe(value: Any) -> Any:
+    """``value``, awaited first if it is awaitable (hook implementations may be async)."""
     if inspect.isawaitable(value):
-        return await value  # type: ignore[no-any-return]
-    return value  # type: ignore[no-any-return]
+        return await value
+    return value
 
 
 class Hooks:
@@ -91,7 +91,9 @@ class Hooks:
             if verdict is None:
                 continue
             if not isinstance(verdict, FraudVerdict):
-                raise PluginError(f"aegispay_check_fraud returned {verdict!r}; expected FraudVerdict")
+                raise PluginError(
+                    f"aegispay_check_fraud returned {verdict!r}; expected FraudVerdict"
+                )
             verdicts.append(verdict)
         return verdicts
 
@@ -113,7 +115,9 @@ class Hooks:
                 if decision is not None:
                     break
         if decision is not None and not isinstance(decision, RouteDecision):
-            raise PluginError(f"aegispay_select_gateway returned {decision!r}; expected RouteDecision")
+            raise PluginError(
+                f"aegispay_select_gateway returned {decision!r}; expected RouteDecision"
+            )
         return decision
 
     async def _observe(self, name: str, **kwargs: Any) -> None:

@@ -41,9 +41,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 
 @hookspec
-def aegispay_register_gateways(
-    register: Callable[[Gateway], None], config: PluginConfig
-) -> None:
+def aegispay_register_gateways(register: Callable[[Gateway], None], config: PluginConfig) -> None:
     """Register gateway adapters.
 
     :param register: call ``register(gateway)`` once per adapter. ``gateway`` implements
@@ -94,7 +92,7 @@ def aegispay_register_commands(cli: click.Group) -> None:
 
 
 @hookspec
-def aegispay_startup(service: PaymentService) -> None | Awaitable[None]:
+def aegispay_startup(service: PaymentService) -> Awaitable[None] | None:
     """The service has been built and is starting; set up connections or background state.
 
     :param service: the service being started.
@@ -110,7 +108,7 @@ def aegispay_startup(service: PaymentService) -> None | Awaitable[None]:
 @hookspec
 def aegispay_validate_payment(
     request: PaymentRequest, context: HookContext
-) -> Sequence[Problem] | None | Awaitable[Sequence[Problem] | None]:
+) -> Sequence[Problem] | Awaitable[Sequence[Problem] | None] | None:
     """Check a payment request before anything is stored.
 
     :param request: the :class:`aegispay.requests.PaymentRequest` being created (already
@@ -127,7 +125,7 @@ def aegispay_validate_payment(
 @hookspec
 def aegispay_check_fraud(
     payment: Payment, context: HookContext
-) -> FraudVerdict | None | Awaitable[FraudVerdict | None]:
+) -> FraudVerdict | Awaitable[FraudVerdict | None] | None:
     """Assess the risk of a payment before it is sent to any gateway.
 
     :param payment: the payment, still INITIATED.
@@ -143,7 +141,7 @@ def aegispay_check_fraud(
 @hookspec(firstresult=True)
 def aegispay_select_gateway(
     payment: Payment, candidates: Sequence[str], context: HookContext
-) -> RouteDecision | None | Awaitable[RouteDecision | None]:
+) -> RouteDecision | Awaitable[RouteDecision | None] | None:
     """Decide which gateways to try for a payment, in order.
 
     :param payment: the payment about to be processed.
@@ -162,7 +160,7 @@ def aegispay_select_gateway(
 
 
 @hookspec
-def aegispay_before_gateway_call(call: GatewayCall) -> None | Awaitable[None]:
+def aegispay_before_gateway_call(call: GatewayCall) -> Awaitable[None] | None:
     """A gateway call is about to be made.
 
     :param call: gateway name, operation, payment id, attempt number and idempotency key.
@@ -175,7 +173,7 @@ def aegispay_before_gateway_call(call: GatewayCall) -> None | Awaitable[None]:
 @hookspec
 def aegispay_after_gateway_call(
     call: GatewayCall, result: GatewayResult, elapsed_ms: float
-) -> None | Awaitable[None]:
+) -> Awaitable[None] | None:
     """A gateway call has finished.
 
     :param call: the same value ``aegispay_before_gateway_call`` received.
@@ -188,7 +186,7 @@ def aegispay_after_gateway_call(
 
 
 @hookspec
-def aegispay_operation_finished(record: OperationRecord) -> None | Awaitable[None]:
+def aegispay_operation_finished(record: OperationRecord) -> Awaitable[None] | None:
     """A service operation (create, process, capture, cancel, refund) has finished.
 
     :param record: operation name, payment id, the resulting payment (None on error), the
@@ -202,7 +200,7 @@ def aegispay_operation_finished(record: OperationRecord) -> None | Awaitable[Non
 
 
 @hookspec
-def aegispay_on_event(event: Event) -> None | Awaitable[None]:
+def aegispay_on_event(event: Event) -> Awaitable[None] | None:
     """React to a committed payment event.
 
     :param event: an :class:`aegispay.events.Event`, e.g. ``PaymentCompleted``.
@@ -217,4 +215,3 @@ def aegispay_on_event(event: Event) -> None | Awaitable[None]:
 def hook_names() -> list[str]:
     """Every hook specified here, in file order."""
     return [name for name in globals() if name.startswith("aegispay_")]
-

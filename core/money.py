@@ -32,7 +32,9 @@ def known_currencies() -> frozenset[str]:
 def currency_exponent(currency: str, field: str = "currency") -> int:
     """The number of decimals of ``currency`` (JPY 0, USD 2, KWD 3); raises InvalidMoney."""
     if not isinstance(currency, str):
-        raise InvalidMoney(field, f"expected an ISO 4217 code string, got {type(currency).__name__}")
+        raise InvalidMoney(
+            field, f"expected an ISO 4217 code string, got {type(currency).__name__}"
+        )
     try:
         return _exponents()[currency]
     except KeyError:
@@ -71,9 +73,13 @@ class Money:
     def of(cls, amount: str | Decimal | int, currency: str, field: str = "amount") -> Money:
         """Money from major units: ``Money.of("10.50", "USD") == Money(1050, "USD")``."""
         exponent = currency_exponent(currency)
-        if isinstance(amount, bool) or isinstance(amount, float):
+        if isinstance(amount, float):
             raise InvalidMoney(
                 field, f"floats are not accepted for money, got {amount!r}; pass a decimal string"
+            )
+        if isinstance(amount, bool):
+            raise InvalidMoney(
+                field, f"expected a decimal string, Decimal or int, got bool {amount!r}"
             )
         if isinstance(amount, int):
             value = Decimal(amount)
@@ -85,7 +91,9 @@ class Money:
         elif isinstance(amount, Decimal):
             value = amount
         else:
-            raise InvalidMoney(field, f"expected a decimal string or Decimal, got {type(amount).__name__}")
+            raise InvalidMoney(
+                field, f"expected a decimal string or Decimal, got {type(amount).__name__}"
+            )
         if not value.is_finite():
             raise InvalidMoney(field, f"must be a finite number, got {amount!r}")
         if value < 0:
@@ -124,9 +132,7 @@ class Money:
         if not isinstance(other, Money):
             raise TypeError(f"cannot combine Money with {type(other).__name__}")
         if other.currency != self.currency:
-            raise InvalidMoney(
-                "currency", f"cannot combine {self.currency} with {other.currency}"
-            )
+            raise InvalidMoney("currency", f"cannot combine {self.currency} with {other.currency}")
         return other
 
     def __add__(self, other: Money) -> Money:

@@ -19,7 +19,7 @@ import attrs
 from .events import Event
 
 if TYPE_CHECKING:
-    from .pluginmanager import Hooks
+    from .hooks import Hooks
     from .store.base import PaymentStore
 
 log = logging.getLogger("aegispay.outbox")

@@ -17,7 +17,7 @@ from . import events as ev
 from .errors import InvalidTransition, OperationNotAllowed
 from .gateways import Outcome
 from .money import Money
-from .states import TRANSITIONS, PaymentState
+from .states import PaymentState
 
 S = PaymentState
 
@@ -110,8 +110,12 @@ class Payment:
     def unresolved_attempt(self) -> Attempt | None:
         """The in-flight or UNKNOWN attempt that only a status lookup may settle."""
         attempt = self.current_attempt
-        if attempt is not None and self.state in (S.PROCESSING, S.REQUIRES_ACTION) and (
-            attempt.outcome in (None, Outcome.UNKNOWN, Outcome.REQUIRES_ACTION, Outcome.PENDING)
+        if (
+            attempt is not None
+            and self.state in (S.PROCESSING, S.REQUIRES_ACTION)
+            and (
+                attempt.outcome in (None, Outcome.UNKNOWN, Outcome.REQUIRES_ACTION, Outcome.PENDING)
+            )
         ):
             return attempt
         return None
@@ -120,8 +124,15 @@ class Payment:
 _FIELDS = tuple(a.name for a in attrs.fields(Payment))
 
 
-def _evolve(payment: Payment, event: ev.Event, state: PaymentState, **changes: Any) -> Payment:
-    if state is not payment.state and state not in TRANSITIONS[payment.state]:
+def _evolve(
+    payment: Payment, event: ev.Event, state: PaymentState | None, **changes: Any
+) -> Payment:
+    """A copy of ``payment`` after ``event``. ``state`` is the transition the event makes
+    (checked against the table, self-transitions included), or None for an event that records
+    a fact without changing the state (a failed attempt, a refused refund...)."""
+    if state is None:
+        state = payment.state
+    elif state not in payment.state._next:  # type: ignore[attr-defined]
         raise InvalidTransition(payment.id, payment.state, state, event.type_name)
     new = object.__new__(Payment)
     values = new.__dict__
@@ -221,12 +232,12 @@ def _completed(p: Payment, e: Any) -> Payment:
 
 def _attempt_failed(p: Payment, e: Any) -> Payment:
     attempts = _replace_attempt(p, e.attempt_no, e.outcome, None, e.decline_code, e.message)
-    return _evolve(p, e, p.state, attempts=attempts)
+    return _evolve(p, e, None, attempts=attempts)
 
 
 def _outcome_unknown(p: Payment, e: Any) -> Payment:
     attempts = _replace_attempt(p, e.attempt_no, Outcome.UNKNOWN, message=e.message)
-    return _evolve(p, e, p.state, attempts=attempts)
+    return _evolve(p, e, None, attempts=attempts)
 
 
 def _requires_action(p: Payment, e: Any) -> Payment:
@@ -251,16 +262,16 @@ def _refund_succeeded(p: Payment, e: Any) -> Payment:
 
 def _refund_failed(p: Payment, e: Any) -> Payment:
     refund = Refund(e.refund_no, e.amount, e.idempotency_key, False)
-    return _evolve(p, e, p.state, refunds=(*p.refunds, refund))
+    return _evolve(p, e, None, refunds=(*p.refunds, refund))
 
 
 def _flagged(p: Payment, e: Any) -> Payment:
-    return _evolve(p, e, p.state, review=True, capture_mode="manual")
+    return _evolve(p, e, None, review=True, capture_mode="manual")
 
 
 def _unchanged(p: Payment, e: Any) -> Payment:
     # CaptureFailed, or a plugin's own event type: a recorded fact that changes no field.
-    return _evolve(p, e, p.state)
+    return _evolve(p, e, None)
 
 
 def _not_first(p: Payment, e: Any) -> Payment:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 import attrs
@@ -18,8 +19,6 @@ import pluggy
 
 from . import hookspecs
 from .settings import PluginConfig
-
-from importlib.metadata import EntryPoint, entry_points
 
 log = logging.getLogger("aegispay.plugins")
 
@@ -62,7 +61,8 @@ def _instantiate(obj: Any, config: PluginConfig, name: str) -> Any:
     """A class plugin is constructed with its own configuration section; anything else is used
     as it is (a module, or an object already built)."""
     if inspect.isclass(obj):
-        return obj(config.section(name))
+        factory: Any = obj
+        return factory(config.section(name))
     return obj
 
 
@@ -142,8 +142,10 @@ class PluginHost:
             obj = entry_point.load()
             self.register(obj, entry_point.name, distribution=dist_name, version=dist_version)
         except Exception as exc:  # a broken plugin must not take the host down
-            error = str(exc) if type(exc).__name__ == "PluginError" else (
-                f"{type(exc).__name__}: {exc}"
+            error = (
+                str(exc)
+                if type(exc).__name__ == "PluginError"
+                else (f"{type(exc).__name__}: {exc}")
             )
             log.warning("plugin %r (%s) failed to load: %s", entry_point.name, dist_name, error)
             self._failures.append(PluginInfo(entry_point.name, dist_name, dist_version, (), error))

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import attrs
+
 from .errors import ConfigError
 
 SIMULATION_FRAUD_RULES: Mapping[str, Any] = {
@@ -26,9 +28,8 @@ def simulation_plugin_sections(
     gateways: str | None,
     latency_ms: float | None,
 ) -> dict[str, Mapping[str, Any]]:
-    from aegispay.plugins.simulated_gateways import DEFAULT_GATEWAYS
-    from aegispay.settings import structure_config
     from aegispay.plugins.simulated_gateways import SimulatedGatewaysConfig
+    from aegispay.settings import structure_config
 
     sim = dict(sections.get("simulated_gateways", {}))
     sim["seed"] = seed
@@ -41,12 +42,10 @@ def simulation_plugin_sections(
         unknown = [name for name in wanted if name not in available]
         if unknown:
             raise ConfigError(
-                f"--gateways: unknown simulated gateway(s) {unknown}; available: {sorted(available)}"
+                f"--gateways: unknown simulated gateway(s) {unknown}; "
+                f"available: {sorted(available)}"
             )
-        import attrs
-
         sim["gateways"] = [attrs.asdict(available[name]) for name in wanted]
-    del DEFAULT_GATEWAYS
     out: dict[str, Mapping[str, Any]] = {"simulated_gateways": sim}
     if "fraud_rules" not in sections:
         out["fraud_rules"] = SIMULATION_FRAUD_RULES

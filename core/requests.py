@@ -37,9 +37,7 @@ def _freeze_metadata(value: Mapping[str, Any] | None) -> dict[str, str]:
     frozen: dict[str, str] = {}
     for key, item in value.items():
         if not isinstance(key, str) or not isinstance(item, str):
-            raise InvalidInput(
-                f"metadata[{key!r}]", "keys and values must be strings"
-            )
+            raise InvalidInput(f"metadata[{key!r}]", "keys and values must be strings")
         frozen[key] = item
     return frozen
 
@@ -74,7 +72,9 @@ class PaymentRequest:
         if self.country is not None and not (
             isinstance(self.country, str) and _COUNTRY.match(self.country)
         ):
-            raise InvalidInput("country", f"expected an ISO 3166 alpha-2 code, got {self.country!r}")
+            raise InvalidInput(
+                "country", f"expected an ISO 3166 alpha-2 code, got {self.country!r}"
+            )
         if self.capture_mode not in CAPTURE_MODES:
             raise InvalidInput(
                 "capture_mode", f"expected one of {CAPTURE_MODES}, got {self.capture_mode!r}"

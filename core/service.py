@@ -61,8 +61,8 @@ from .requests import PaymentRequest
 from .serialization import EventTypes
 from .settings import EngineSettings
 from .states import PaymentState
-from .timeouts import run_with_timeout
 from .store.base import Change, IdempotencyClaimed, IdempotencyRecord, PaymentStore
+from .timeouts import run_with_timeout
 
 log = logging.getLogger("aegispay.service")
 S = PaymentState
@@ -126,6 +126,7 @@ class PaymentService:
 
         owners: dict[str, str] = {}
         for impl in reversed(getattr(self.host.pm.hook, hook_name).get_hookimpls()):
+
             def register(obj: Any, _plugin: str = impl.plugin_name) -> None:
                 name = getattr(obj, "name", None)
                 if not isinstance(name, str) or not name or not isinstance(obj, kind):
@@ -237,7 +238,9 @@ class PaymentService:
             existing = await self.store.find_idempotency(request.merchant_id, key)
             if existing is not None:
                 return self._idempotent_replay(existing, fingerprint)
-        await self.hooks.validate_payment(request, self._context("create", request.merchant_id, key))
+        await self.hooks.validate_payment(
+            request, self._context("create", request.merchant_id, key)
+        )
         now = self.clock()
         payment_id = self._ids()
         event = ev.PaymentInitiated(
@@ -276,9 +279,7 @@ class PaymentService:
 
     # -- process --------------------------------------------------------------------------
 
-    async def pay(
-        self, request: PaymentRequest, *, idempotency_key: str | None = None
-    ) -> Payment:
+    async def pay(self, request: PaymentRequest, *, idempotency_key: str | None = None) -> Payment:
         """``create_payment`` then ``process_payment``."""
         payment = await self.create_payment(request, idempotency_key=idempotency_key)
         return await self.process_payment(payment.id)
@@ -300,7 +301,9 @@ class PaymentService:
         verdict = combine_verdicts(await self.hooks.check_fraud(payment, context))
         pending: list[ev.Event] = []
         if verdict.verdict is Verdict.DENY:
-            return await self._commit(payment, lease, [self._failed(payment, "fraud_denied", verdict.reason)])
+            return await self._commit(
+                payment, lease, [self._failed(payment, "fraud_denied", verdict.reason)]
+            )
         if verdict.verdict is Verdict.REVIEW:
             pending.append(self._review_event(payment, verdict))
         route = await self._route(payment, context, excluded=())
@@ -376,8 +379,10 @@ class PaymentService:
                 pending = [self._attempt_failed(payment, attempt_no, result)]
                 if not last:
                     continue
-                code = "gateways_unavailable" if result.outcome is Outcome.NOT_SENT else (
-                    result.decline_code or "declined"
+                code = (
+                    "gateways_unavailable"
+                    if result.outcome is Outcome.NOT_SENT
+                    else (result.decline_code or "declined")
                 )
                 pending.append(self._failed(payment, code, result.message, offset=1))
                 return await self._commit(payment, lease, pending)
@@ -634,7 +639,9 @@ class PaymentService:
             )
             return await self._commit(payment, lease, [event])
         code = result.decline_code or "refund_declined"
-        await self._commit(payment, lease, [ev.RefundFailed(**common, code=code, message=result.message)])
+        await self._commit(
+            payment, lease, [ev.RefundFailed(**common, code=code, message=result.message)]
+        )
         raise GatewayDeclined(payment.id, "refund", code, result.message)
 
     @staticmethod
@@ -647,7 +654,8 @@ class PaymentService:
             raise InvalidInput("amount", f"expected Money, got {type(amount).__name__}")
         if amount.currency != payment.amount.currency:
             raise InvalidInput(
-                "amount", f"currency {amount.currency} differs from the payment's {payment.amount.currency}"
+                "amount",
+                f"currency {amount.currency} differs from the payment's {payment.amount.currency}",
             )
         if amount.minor == 0:
             raise InvalidInput("amount", f"{operation} amount must be greater than zero")
@@ -699,7 +707,9 @@ class PaymentService:
                 OperationRecord(operation, payment_id, payment, error, elapsed)
             )
 
-    async def _commit(self, payment: Payment, lease: Lease | None, events: list[ev.Event]) -> Payment:
+    async def _commit(
+        self, payment: Payment, lease: Lease | None, events: list[ev.Event]
+    ) -> Payment:
         new = payment
         for event in events:
             new = apply(new, event)
@@ -735,10 +745,14 @@ class PaymentService:
         gateway = self._gateways.get(gateway_name)
         if gateway is None:
             # The gateway's plugin is gone (uninstalled, denied). Nothing was sent.
-            return GatewayResult(Outcome.NOT_SENT, message=f"gateway {gateway_name!r} is not registered")
+            return GatewayResult(
+                Outcome.NOT_SENT, message=f"gateway {gateway_name!r} is not registered"
+            )
         call = None
         if self.hooks.wants_gateway_calls:
-            call = GatewayCall(gateway_name, operation, request.payment_id, request.idempotency_key, attempt_no)
+            call = GatewayCall(
+                gateway_name, operation, request.payment_id, request.idempotency_key, attempt_no
+            )
             await self.hooks.before_gateway_call(call)
         began = time.perf_counter() if call is not None else 0.0
         timeout = self.engine.gateway_timeout_s
@@ -749,10 +763,14 @@ class PaymentService:
         except GatewayNotSent as exc:
             result = GatewayResult(Outcome.NOT_SENT, message=str(exc))
         except Exception as exc:  # it may have been sent: only a status lookup can tell
-            log.warning("gateway %s %s raised %s", gateway_name, operation.value, type(exc).__name__)
+            log.warning(
+                "gateway %s %s raised %s", gateway_name, operation.value, type(exc).__name__
+            )
             result = GatewayResult(Outcome.UNKNOWN, message=f"adapter raised {type(exc).__name__}")
         if not isinstance(result, GatewayResult):
-            result = GatewayResult(Outcome.UNKNOWN, message=f"adapter returned {type(result).__name__}")
+            result = GatewayResult(
+                Outcome.UNKNOWN, message=f"adapter returned {type(result).__name__}"
+            )
         if call is not None:
             await self.hooks.after_gateway_call(call, result, (time.perf_counter() - began) * 1000)
         return result

@@ -159,7 +159,7 @@ def structure_config(data: Mapping[str, Any], cls: type[T], where: str) -> T:
         messages = []
         for line in transform_error(exc, path=where, format_exception=_describe):
             problem, _, path = line.rpartition(" @ ")
-            value = _lookup(data, path[len(where):])
+            value = _lookup(data, path[len(where) :])
             quiet = problem.startswith(("unknown key", "required")) or isinstance(value, Mapping)
             got = "" if quiet else f" (got {value!r})"
             messages.append(f"{path}: {problem}{got}")
@@ -177,7 +177,7 @@ def _merge_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
     for name, raw in sorted(env.items()):
         if not name.startswith(ENV_PREFIX) or name == "AEGISPAY_CONFIG":
             continue
-        path = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
         target = data
         for part in path[:-1]:
             target = target.setdefault(part, {})

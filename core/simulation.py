@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import attrs
 
 from .errors import AegisPayError
@@ -61,14 +62,18 @@ def generate(options: SimulationOptions) -> Iterator[PaymentSpec]:
     customers = max(50, options.payments // 5)
     for i in range(options.payments):
         currency = rng.choices(codes, weights)[0]
-        amount = Money(rng.randint(100, 50_000) * 10 ** Money.zero(currency).exponent // 100, currency)
+        amount = Money(
+            rng.randint(100, 50_000) * 10 ** Money.zero(currency).exponent // 100, currency
+        )
         if amount.minor == 0:
             amount = Money(1, currency)
         blocked = rng.random() < 0.005
         customer = f"cus_blocked_{i % 3}" if blocked else f"cus_{rng.randrange(customers)}"
         roll = rng.random()
-        refund = "partial" if roll < options.refund_share / 2 else (
-            "full" if roll < options.refund_share else ""
+        refund = (
+            "partial"
+            if roll < options.refund_share / 2
+            else ("full" if roll < options.refund_share else "")
         )
         yield PaymentSpec(
             PaymentRequest(
@@ -147,6 +152,10 @@ async def run_simulation(
             except AegisPayError as error:
                 tally.errors[type(error).__name__] += 1
             tally.done += 1
+            # The in-memory store and zero-latency gateways never suspend: yield once per
+            # payment so the outbox relay and the other workers get their turn, as they
+            # would with real I/O.
+            await anyio.lowlevel.checkpoint()
             if progress is not None:
                 progress(1)
 
@@ -209,7 +218,8 @@ async def audit_store(service: PaymentService, ledger: Any) -> dict[str, Any]:
         for charge in ledger.charges.values():
             payment = known.get(charge.payment_id)
             recorded = payment is not None and any(
-                a.idempotency_key == charge.idempotency_key and a.gateway_reference == charge.reference
+                a.idempotency_key == charge.idempotency_key
+                and a.gateway_reference == charge.reference
                 for a in payment.attempts
             )
             if not recorded and not charge.voided:

@@ -32,9 +32,7 @@ TRANSITIONS: Mapping[PaymentState, frozenset[PaymentState]] = {
     S.INITIATED: frozenset({S.PROCESSING, S.FAILED, S.CANCELLED}),
     # An attempt is in flight (its intent committed before the gateway call). PROCESSING ->
     # PROCESSING is a failover to the next gateway after NOT_SENT, or a recorded UNKNOWN outcome.
-    S.PROCESSING: frozenset(
-        {S.PROCESSING, S.REQUIRES_ACTION, S.AUTHORIZED, S.FAILED}
-    ),
+    S.PROCESSING: frozenset({S.PROCESSING, S.REQUIRES_ACTION, S.AUTHORIZED, S.FAILED}),
     # 3-D Secure, redirect or an asynchronous method: resolved by webhook or status lookup.
     S.REQUIRES_ACTION: frozenset({S.PROCESSING, S.AUTHORIZED, S.FAILED, S.CANCELLED}),
     # Funds held; capture or void.
@@ -47,9 +45,13 @@ TRANSITIONS: Mapping[PaymentState, frozenset[PaymentState]] = {
     S.CANCELLED: frozenset(),
 }
 
-TERMINAL_STATES = frozenset(
-    {S.COMPLETED, S.PARTIALLY_REFUNDED, S.REFUNDED, S.FAILED, S.CANCELLED}
-)
+# The same table as a tuple on each member, for the per-event check: tuple membership compares
+# by identity first, while a dict or set keyed by an Enum calls Enum.__hash__ in Python.
+for _state, _targets in TRANSITIONS.items():
+    _state._next = tuple(_targets)  # type: ignore[attr-defined]
+del _state, _targets
+
+TERMINAL_STATES = frozenset({S.COMPLETED, S.PARTIALLY_REFUNDED, S.REFUNDED, S.FAILED, S.CANCELLED})
 
 
 def can_transition(from_state: PaymentState, to_state: PaymentState) -> bool:
@@ -58,7 +60,7 @@ def can_transition(from_state: PaymentState, to_state: PaymentState) -> bool:
 
 def check_transition(payment_id: str, from_state: PaymentState, to_state: PaymentState) -> None:
     """Raise InvalidTransition unless the table allows ``from_state -> to_state``."""
-    if to_state not in TRANSITIONS[from_state]:
+    if to_state not in from_state._next:  # type: ignore[attr-defined]
         raise InvalidTransition(payment_id, from_state, to_state)
 
 

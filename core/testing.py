@@ -87,7 +87,9 @@ class ScriptedGateway:
         self.calls.append(RecordedCall(op, payment_id, key, amount))
 
     async def authorize(self, request: AuthorizeRequest) -> GatewayResult:
-        self._record(Operation.AUTHORIZE, request.payment_id, request.idempotency_key, request.amount.minor)
+        self._record(
+            Operation.AUTHORIZE, request.payment_id, request.idempotency_key, request.amount.minor
+        )
         if request.idempotency_key in self.answers:
             return self.answers[request.idempotency_key]
         scripted = self._next(Operation.AUTHORIZE)
@@ -111,7 +113,9 @@ class ScriptedGateway:
         return answer
 
     async def capture(self, request: CaptureRequest) -> GatewayResult:
-        self._record(Operation.CAPTURE, request.payment_id, request.idempotency_key, request.amount.minor)
+        self._record(
+            Operation.CAPTURE, request.payment_id, request.idempotency_key, request.amount.minor
+        )
         scripted = self._next(Operation.CAPTURE)
         if scripted and scripted.outcome is not Outcome.SUCCEEDED:
             return scripted
@@ -127,13 +131,17 @@ class ScriptedGateway:
         return GatewayResult(Outcome.SUCCEEDED, reference=request.gateway_reference)
 
     async def refund(self, request: RefundRequest) -> GatewayResult:
-        self._record(Operation.REFUND, request.payment_id, request.idempotency_key, request.amount.minor)
+        self._record(
+            Operation.REFUND, request.payment_id, request.idempotency_key, request.amount.minor
+        )
         if request.idempotency_key in self.answers:
             return self.answers[request.idempotency_key]
         scripted = self._next(Operation.REFUND)
         if scripted and scripted.outcome is not Outcome.SUCCEEDED:
             return scripted
-        self.refunded[request.payment_id] = self.refunded.get(request.payment_id, 0) + request.amount.minor
+        self.refunded[request.payment_id] = (
+            self.refunded.get(request.payment_id, 0) + request.amount.minor
+        )
         answer = GatewayResult(Outcome.SUCCEEDED, reference=f"re-{request.idempotency_key}")
         self.answers[request.idempotency_key] = answer
         return answer

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 
-def BUILTIN_PLUGINS() -> tuple[tuple[str, Any], ...]:  # noqa: N802 - reads as the list it is
+def BUILTIN_PLUGINS() -> tuple[tuple[str, Any], ...]:
     """(name, plugin class) for every built-in plugin, in registration order."""
     from .event_log import EventLogPlugin
     from .fraud_rules import FraudRulesPlugin

@@ -19,8 +19,16 @@ from aegispay.money import Money
 from aegispay.observe import GatewayCall
 
 _SAFE_FIELDS = (
-    "attempt_no", "gateway", "outcome", "decline_code", "code", "refund_no", "voided",
-    "risk_score", "capture_mode", "merchant_id",
+    "attempt_no",
+    "gateway",
+    "outcome",
+    "decline_code",
+    "code",
+    "refund_no",
+    "voided",
+    "risk_score",
+    "capture_mode",
+    "merchant_id",
 )
 
 

@@ -18,7 +18,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
-
 from aegispay.decisions import FraudVerdict, HookContext
 from aegispay.errors import ConfigError, InvalidMoney
 from aegispay.hookspecs import hookimpl
@@ -108,7 +107,9 @@ class FraudRulesPlugin:
         if payment.customer_id is not None:
             count = self.velocity.hit(payment.customer_id, context.now().timestamp())
             if count > self.config.velocity_limit:
-                reason = f"{count} payments by this customer within {self.config.velocity_window_s:g}s"
+                reason = (
+                    f"{count} payments by this customer within {self.config.velocity_window_s:g}s"
+                )
                 if self.config.velocity_action == "deny":
                     return FraudVerdict.deny(80, reason, source)
                 return FraudVerdict.review(60, reason, source)

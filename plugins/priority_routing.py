@@ -13,7 +13,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
-
 from aegispay.decisions import HookContext, RouteDecision
 from aegispay.hookspecs import hookimpl
 from aegispay.payment import Payment

@@ -29,7 +29,6 @@ from typing import Any
 
 import anyio
 import attrs
-
 from aegispay.gateways import (
     AuthorizeRequest,
     CaptureRequest,
@@ -77,7 +76,9 @@ class SimulatedGatewayConfig:
 DEFAULT_GATEWAYS = (
     SimulatedGatewayConfig("sim-alpha", ("USD", "EUR", "GBP", "JPY"), 20.0, 0.03, 0.01, 0.005),
     SimulatedGatewayConfig("sim-beta", None, 30.0, 0.04, 0.02, 0.005, 0.0, 25, 250),
-    SimulatedGatewayConfig("sim-gamma", ("USD", "INR", "KWD"), 15.0, 0.05, 0.01, 0.005, 0.0, 0, 320),
+    SimulatedGatewayConfig(
+        "sim-gamma", ("USD", "INR", "KWD"), 15.0, 0.05, 0.01, 0.005, 0.0, 0, 320
+    ),
 )
 
 
@@ -191,13 +192,18 @@ class SimulatedGateway:
             return GatewayResult(Outcome.NOT_SENT, message="connection refused (simulated)")
         if outcome is Outcome.DECLINED:
             code = _DECLINES[int(_unit(self._seed, "code", key) * len(_DECLINES))]
-            result = GatewayResult(Outcome.DECLINED, decline_code=code, message="declined (simulated)")
+            result = GatewayResult(
+                Outcome.DECLINED, decline_code=code, message="declined (simulated)"
+            )
         elif outcome is Outcome.REQUIRES_ACTION:
             reference = self._charge(request, captured=False)
             result = GatewayResult(
                 Outcome.REQUIRES_ACTION,
                 reference=reference,
-                next_action={"type": "redirect_to_url", "url": f"https://sim.invalid/3ds/{reference}"},
+                next_action={
+                    "type": "redirect_to_url",
+                    "url": f"https://sim.invalid/3ds/{reference}",
+                },
             )
         else:
             reference = self._charge(request, captured=request.capture)
@@ -216,7 +222,11 @@ class SimulatedGateway:
         reference = f"{self.name}_ch_{request.idempotency_key}"
         amount = request.amount.minor
         self.ledger.charges[reference] = Charge(
-            self.name, request.payment_id, request.idempotency_key, reference, amount,
+            self.name,
+            request.payment_id,
+            request.idempotency_key,
+            reference,
+            amount,
             captured_minor=amount if captured else 0,
         )
         self.ledger.by_payment.setdefault(request.payment_id, []).append(reference)
@@ -264,7 +274,9 @@ class SimulatedGateway:
         if charge.refunded_minor + request.amount.minor > charge.captured_minor:
             return GatewayResult(Outcome.DECLINED, decline_code="amount_too_large")
         charge.refunded_minor += request.amount.minor
-        result = GatewayResult(Outcome.SUCCEEDED, reference=f"{charge.reference}_re_{request.idempotency_key}")
+        result = GatewayResult(
+            Outcome.SUCCEEDED, reference=f"{charge.reference}_re_{request.idempotency_key}"
+        )
         self.ledger.answers[(self.name, request.idempotency_key)] = result
         return result
 
@@ -286,7 +298,9 @@ class SimulatedGatewaysPlugin:
     """Registers the configured simulated gateways, sharing one ledger."""
 
     def __init__(self, config: Mapping[str, Any]) -> None:
-        self.config = structure_config(config, SimulatedGatewaysConfig, "plugins.simulated_gateways")
+        self.config = structure_config(
+            config, SimulatedGatewaysConfig, "plugins.simulated_gateways"
+        )
         self.ledger = Ledger()
 
     @hookimpl(trylast=True)

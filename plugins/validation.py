@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
-
 from aegispay.decisions import HookContext
 from aegispay.errors import InvalidMoney, Problem
 from aegispay.gateways import supports_currency
@@ -86,14 +85,19 @@ class ValidationPlugin:
             for key, value in metadata.items():
                 if len(key) > c.max_metadata_key_length:
                     problems.append(
-                        Problem(f"metadata[{key[:20]!r}...]", f"key longer than {c.max_metadata_key_length}")
+                        Problem(
+                            f"metadata[{key[:20]!r}...]",
+                            f"key longer than {c.max_metadata_key_length}",
+                        )
                     )
                 if len(value) > c.max_metadata_value_length:
                     problems.append(
-                        Problem(f"metadata[{key!r}]", f"value longer than {c.max_metadata_value_length}")
+                        Problem(
+                            f"metadata[{key!r}]", f"value longer than {c.max_metadata_value_length}"
+                        )
                     )
-        key = context.idempotency_key
-        if key is not None and not _KEY.match(key):
+        idempotency_key = context.idempotency_key
+        if idempotency_key is not None and not _KEY.match(idempotency_key):
             problems.append(
                 Problem("idempotency_key", "1 to 255 printable ASCII characters, no spaces")
             )

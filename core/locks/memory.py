@@ -59,7 +59,7 @@ class MemoryLockManager:
     def hold(self, key: str, timeout: float) -> _Hold:
         return _Hold(self, key, timeout)
 
-    async def _wait(self, key: str, entry: _Entry, timeout: float) -> None:
+    async def _wait(self, key: str, entry: _Entry, timeout: float) -> None:  # noqa: ASYNC109
         granted = anyio.Event()
         entry.waiters.append(granted)
         try:
@@ -90,4 +90,3 @@ class MemoryLockManager:
 
     async def close(self) -> None:
         return None
-

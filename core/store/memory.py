@@ -40,9 +40,9 @@ class MemoryStore:
         current = stream.payment.version if stream else 0
         if current != change.expected_version:
             raise ConcurrencyConflict(payment.id, change.expected_version, current)
-        if change.fencing_token is not None and stream is not None:
-            if change.fencing_token < stream.fence:
-                raise FencingTokenRejected(payment.id, change.fencing_token, stream.fence)
+        token = change.fencing_token
+        if token is not None and stream is not None and token < stream.fence:
+            raise FencingTokenRejected(payment.id, token, stream.fence)
         if change.idempotency is not None:
             record = change.idempotency
             existing = self._idempotency.get((record.scope, record.key))
