@@ -7,6 +7,7 @@ payment currencies and are refused.
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal, InvalidOperation
 from functools import cache
 from typing import Any
@@ -40,6 +41,9 @@ def currency_exponent(currency: str, field: str = "currency") -> int:
     except KeyError:
         hint = " (codes are upper case)" if currency.upper() in _exponents() else ""
         raise InvalidMoney(field, f"unknown ISO 4217 currency {currency!r}{hint}") from None
+
+
+_DECIMAL = re.compile(r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)\s*$")
 
 
 def _check_minor(value: object, field: str) -> int:
@@ -84,10 +88,15 @@ class Money:
         if isinstance(amount, int):
             value = Decimal(amount)
         elif isinstance(amount, str):
+            # Plain decimals only: no exponents ("1E+2"), no digit separators ("1_000").
             try:
                 value = Decimal(amount.strip())
             except InvalidOperation:
                 raise InvalidMoney(field, f"not a decimal number: {amount!r}") from None
+            if value.is_finite() and not _DECIMAL.match(amount):
+                raise InvalidMoney(
+                    field, f"not a plain decimal number (no exponent or '_'): {amount!r}"
+                )
         elif isinstance(amount, Decimal):
             value = amount
         else:
@@ -98,14 +107,22 @@ class Money:
             raise InvalidMoney(field, f"must be a finite number, got {amount!r}")
         if value < 0:
             raise InvalidMoney(field, f"must not be negative, got {amount!r}")
-        scaled = value.scaleb(exponent)
-        if scaled != scaled.to_integral_value():
+        # Integer arithmetic on the decimal's digits: Decimal.scaleb would round to the
+        # context's 28 significant digits, and money is never rounded silently.
+        _, digits, decimal_exponent = value.as_tuple()
+        assert isinstance(decimal_exponent, int)  # finite, checked above
+        coefficient = int("".join(map(str, digits)) or "0")
+        shift = decimal_exponent + exponent
+        if shift >= 0:
+            return cls(coefficient * 10**shift, currency)
+        whole, remainder = divmod(coefficient, 10**-shift)
+        if remainder:
             raise InvalidMoney(
                 field,
                 f"{amount!r} has more decimals than {currency} allows ({exponent}); "
                 "AegisPay never rounds money silently",
             )
-        return cls(int(scaled), currency)
+        return cls(whole, currency)
 
     @classmethod
     def zero(cls, currency: str) -> Money:
@@ -118,7 +135,7 @@ class Money:
     @property
     def amount(self) -> Decimal:
         """The value in major units, exact."""
-        return Decimal(self.minor).scaleb(-self.exponent)
+        return Decimal(self.to_decimal_string())  # exact: built from digits, no context
 
     def to_decimal_string(self) -> str:
         """Major units with exactly the currency's decimals: ``"19.99"``, ``"500"``, ``"1.250"``."""

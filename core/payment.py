@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 import attrs
@@ -173,6 +174,12 @@ def _replace_attempt(
 def check_invariant(payment: Payment) -> None:
     """0 <= refunded <= captured <= authorized <= amount, in the payment's currency."""
     # Plain ints: this runs on every event, and None means zero.
+    currency = payment.amount.currency
+    for amount in (payment.authorized, payment.captured, payment.refunded):
+        if amount is not None and amount.currency != currency:
+            raise OperationNotAllowed(
+                payment.id, f"amount in {amount.currency} on a {currency} payment"
+            )
     refunded = payment.refunded.minor if payment.refunded else 0
     captured = payment.captured.minor if payment.captured else 0
     authorized = payment.authorized.minor if payment.authorized else 0
@@ -295,8 +302,18 @@ _APPLY: dict[type[ev.Event], Callable[[Payment, Any], Payment]] = {
 }
 
 
+@cache
+def _handler(event_type: type[ev.Event]) -> Callable[[Payment, Any], Payment]:
+    """The fold step for ``event_type``: its own, or that of the nearest core base class (a
+    plugin may subclass a core event), or "no change" for a plugin's own event type."""
+    for base in event_type.__mro__:
+        if base in _APPLY:
+            return _APPLY[base]
+    return _unchanged
+
+
 def _apply(p: Payment, e: ev.Event) -> Payment:
-    return _APPLY.get(type(e), _unchanged)(p, e)
+    return _handler(type(e))(p, e)
 
 
 def replay(events: Iterable[ev.Event]) -> Payment | None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import cattrs
 
-from .errors import PluginError
+from .errors import InvalidInput, PluginError
 from .events import CORE_EVENT_TYPES, Event
 from .money import Money
 
@@ -69,4 +69,17 @@ class EventTypes:
             raise PluginError(
                 f"unknown event type {name!r}: is the plugin that defines it installed?"
             ) from None
-        return self._converter.structure(payload, event_type)
+        try:
+            return self._converter.structure(payload, event_type)
+        except (cattrs.BaseValidationError, KeyError, TypeError, ValueError) as exc:
+            # Surface our own error (it names the field) when one caused the failure.
+            for leaf in _leaves(exc):
+                if isinstance(leaf, InvalidInput):
+                    raise leaf from None
+            raise InvalidInput(f"event {name}", f"malformed stored event: {exc!r}") from None
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for sub in error.exceptions for leaf in _leaves(sub)]
+    return [error]

@@ -25,6 +25,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 import attrs
@@ -67,7 +68,7 @@ class PluginConfig:
         self._sections = {name: dict(values) for name, values in (sections or {}).items()}
 
     def section(self, name: str) -> Mapping[str, Any]:
-        return self._sections.get(name, {})
+        return MappingProxyType(self._sections.get(name, {}))
 
     def names(self) -> list[str]:
         return sorted(self._sections)
@@ -145,6 +146,8 @@ def _describe(exc: BaseException, expected: Any) -> str:
         return f"unknown key(s) {sorted(exc.extra_fields)}"
     if isinstance(exc, KeyError):
         return "required key missing"
+    if isinstance(exc, TypeError) and "not iterable" in str(exc) or "not a mapping" in str(exc):
+        return "expected a table"
     if isinstance(exc, ValueError | TypeError) and str(exc):
         return str(exc)
     name = getattr(expected, "__name__", str(expected))
@@ -184,7 +187,8 @@ def _merge_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
             if not isinstance(target, dict):
                 raise ConfigError(f"{name}: {'.'.join(path)} is not a table in the configuration")
         value = _env_value(raw)
-        if path[:1] == ["plugins"] and path[-1] in ("allow", "deny") and isinstance(value, str):
+        selection = len(path) == 2 and path[0] == "plugins" and path[1] in ("allow", "deny")
+        if selection and isinstance(value, str):
             value = [item.strip() for item in value.split(",") if item.strip()]
         target[path[-1]] = value
 
@@ -200,9 +204,11 @@ def load_settings(
     """
     env = os.environ if env is None else env
     data: dict[str, Any] = {}
-    file = Path(path) if path else Path(env.get("AEGISPAY_CONFIG", DEFAULT_FILE))
-    if path and not file.is_file():
-        raise ConfigError(f"--config: no such file {str(file)!r}")
+    explicit = path or env.get("AEGISPAY_CONFIG")
+    file = Path(explicit) if explicit else Path(DEFAULT_FILE)
+    if explicit and not file.is_file():
+        source = "--config" if path else "AEGISPAY_CONFIG"
+        raise ConfigError(f"{source}: no such file {str(file)!r}")
     if file.is_file():
         try:
             data = tomllib.loads(file.read_text(encoding="utf-8"))
@@ -217,7 +223,13 @@ def load_settings(
 
 def settings_from_dict(data: Mapping[str, Any]) -> Settings:
     data = dict(data)
-    plugins = dict(data.pop("plugins", {}) or {})
+    plugins = data.pop("plugins", {}) or {}
+    if not isinstance(plugins, Mapping):
+        raise ConfigError(
+            f"invalid configuration: plugins: expected a table (allow, deny and one "
+            f"[plugins.<name>] section per plugin), got {plugins!r}"
+        )
+    plugins = dict(plugins)
     sections = {k: v for k, v in plugins.items() if isinstance(v, Mapping)}
     selection = {k: v for k, v in plugins.items() if not isinstance(v, Mapping)}
     settings = structure_config(data, Settings, "settings")

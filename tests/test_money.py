@@ -8,11 +8,10 @@ from typing import Any
 
 import attrs
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
 from aegispay.errors import AegisPayError, InvalidInput, InvalidMoney
 from aegispay.money import Money, currency_exponent, known_currencies
+from hypothesis import given
+from hypothesis import strategies as st
 
 CURRENCIES = sorted(known_currencies())
 currencies = st.sampled_from(CURRENCIES)
@@ -116,7 +115,7 @@ def test_currency_error_names_the_callers_field() -> None:
         (Decimal("19.99"), "USD", 1999),
         (Decimal("0.10"), "USD", 10),
         (12, "USD", 1200),
-        ("1E+2", "USD", 10000),
+        (Decimal("1E+2"), "USD", 10000),
         # exponent 3
         ("1.234", "KWD", 1234),
         ("0.001", "KWD", 1),
@@ -147,7 +146,7 @@ def test_of_converts_major_units_exactly(amount: Any, currency: str, minor: int)
         ("1.2345", "KWD"),
         ("0.0005", "BHD"),
         ("1.23456", "CLF"),
-        ("1E-5", "CLF"),
+        (Decimal("1E-5"), "CLF"),
     ],
 )
 def test_of_refuses_to_round(amount: Any, currency: str) -> None:
@@ -470,3 +469,10 @@ def test_percentage_matches_exact_half_up_rounding(minor: int, bp: int) -> None:
 def test_percentage_is_monotonic_in_basis_points(minor: int, bp: int) -> None:
     money = Money(minor, "EUR")
     assert money.percentage(bp) <= money.percentage(bp + 1)
+
+
+@pytest.mark.parametrize("amount", ["1E+2", "1e2", "1_000", "1,00", "", "."])
+def test_of_refuses_strings_that_are_not_plain_decimals(amount: str) -> None:
+    with pytest.raises(InvalidMoney) as info:
+        Money.of(amount, "USD")
+    assert info.value.field == "amount"

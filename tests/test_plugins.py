@@ -17,10 +17,9 @@ from importlib.metadata import version as dist_version
 from pathlib import Path
 from typing import Any
 
+import aegispay
 import attrs
 import pytest
-
-import aegispay
 from aegispay import (
     FraudVerdict,
     HookContext,
@@ -444,7 +443,9 @@ def test_env_allow_deny_through_settings_and_build_service(
         assert impl_owners(service.host, "aegispay_check_fraud") == []
 
 
-def test_env_deny_from_real_environment_reaches_build_service(clean_env: pytest.MonkeyPatch) -> None:
+def test_env_deny_from_real_environment_reaches_build_service(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
     clean_env.setenv("AEGISPAY_PLUGINS__DENY", "fraud_rules")
     settings = load_settings()
     assert settings.plugins.deny == ("fraud_rules",)
@@ -740,7 +741,7 @@ def test_unmarked_hook_method_on_object_plugin_is_registered() -> None:
 
 
 def _specs() -> list[str]:
-    return hookspecs.hook_names()
+    return list(hookspecs.hook_names())
 
 
 def test_hook_names_lists_every_hookspec() -> None:
@@ -793,7 +794,8 @@ def run_plugins_json(cwd: Path, pythonpath: Sequence[Path] = ()) -> list[dict[st
         [sys.executable, "-m", "aegispay", "plugins", "--json"],
         capture_output=True, text=True, cwd=cwd, env=env, timeout=120, check=False,
     )
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    output = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{output}"
     data = json.loads(proc.stdout)
     assert isinstance(data, list)
     for item in data:

@@ -7,7 +7,6 @@ from typing import Any
 
 import attrs
 import pytest
-
 from aegispay.errors import ConfigError
 from aegispay.settings import (
     EngineSettings,
@@ -170,7 +169,9 @@ def test_environment_values_are_toml_literals_when_they_parse(workdir: Path) -> 
         ('["x", "y"]', ("x", "y")),
     ],
 )
-def test_plugin_lists_from_the_environment(workdir: Path, raw: str, expected: tuple[str, ...]) -> None:
+def test_plugin_lists_from_the_environment(
+    workdir: Path, raw: str, expected: tuple[str, ...]
+) -> None:
     settings = load_settings(env={"AEGISPAY_PLUGINS__DENY": raw, "AEGISPAY_PLUGINS__ALLOW": raw})
     assert settings.plugins.deny == expected
     assert settings.plugins.allow == expected
@@ -256,18 +257,42 @@ def test_bad_env_value_names_key_value_and_expectation(workdir: Path, raw: str) 
     [
         ({"store": 5}, "settings.store", "expected a string", "(got 5)"),
         ({"lock": ["a"]}, "settings.lock", "expected a string", "(got ['a'])"),
-        ({"engine": {"gateway_timeout_s": "fast"}}, "settings.engine.gateway_timeout_s",
-         "expected a number", "(got 'fast')"),
-        ({"engine": {"lock_timeout_s": True}}, "settings.engine.lock_timeout_s",
-         "expected a number", "(got True)"),
-        ({"engine": {"status_lookups": 1.5}}, "settings.engine.status_lookups",
-         "expected an integer", "(got 1.5)"),
-        ({"engine": {"idempotency_ttl_s": "1d"}}, "settings.engine.idempotency_ttl_s",
-         "expected an integer", "(got '1d')"),
-        ({"plugins": {"deny": "a"}}, "plugins.deny", "expected a list of plugin names",
-         "(got 'a')"),
-        ({"plugins": {"allow": ["a", 1]}}, "plugins.allow", "expected a list of plugin names",
-         "(got ['a', 1])"),
+        (
+            {"engine": {"gateway_timeout_s": "fast"}},
+            "settings.engine.gateway_timeout_s",
+            "expected a number",
+            "(got 'fast')",
+        ),
+        (
+            {"engine": {"lock_timeout_s": True}},
+            "settings.engine.lock_timeout_s",
+            "expected a number",
+            "(got True)",
+        ),
+        (
+            {"engine": {"status_lookups": 1.5}},
+            "settings.engine.status_lookups",
+            "expected an integer",
+            "(got 1.5)",
+        ),
+        (
+            {"engine": {"idempotency_ttl_s": "1d"}},
+            "settings.engine.idempotency_ttl_s",
+            "expected an integer",
+            "(got '1d')",
+        ),
+        (
+            {"plugins": {"deny": "a"}},
+            "plugins.deny",
+            "expected a list of plugin names",
+            "(got 'a')",
+        ),
+        (
+            {"plugins": {"allow": ["a", 1]}},
+            "plugins.allow",
+            "expected a list of plugin names",
+            "(got ['a', 1])",
+        ),
     ],
 )
 def test_bad_value_names_key_expectation_and_value(
@@ -295,7 +320,9 @@ def test_non_positive_durations_are_refused(key: str, value: float) -> None:
 
 
 def test_every_problem_is_reported_at_once() -> None:
-    message = config_error({"store": 1, "engine": {"gateway_timeout_s": "x", "status_lookups": "y"}})
+    message = config_error(
+        {"store": 1, "engine": {"gateway_timeout_s": "x", "status_lookups": "y"}}
+    )
     assert "settings.store" in message
     assert "settings.engine.gateway_timeout_s" in message
     assert "settings.engine.status_lookups" in message
@@ -311,7 +338,9 @@ def test_unknown_keys_are_named() -> None:
 
 def test_unknown_keys_in_a_file_are_named(workdir: Path) -> None:
     path = write(workdir / "aegispay.toml", "[engine]\ngateway_timeout = 3\n")
-    with pytest.raises(ConfigError, match=r"settings\.engine: unknown key\(s\) \['gateway_timeout'\]"):
+    with pytest.raises(
+        ConfigError, match=r"settings\.engine: unknown key\(s\) \['gateway_timeout'\]"
+    ):
         load_settings(path, env={})
 
 
@@ -320,6 +349,11 @@ def test_plugins_must_be_a_table(value: Any) -> None:
     message = config_error({"plugins": value})
     assert "plugins" in message
     assert repr(value) in message
+
+
+def test_plugins_from_the_environment_must_be_a_table(workdir: Path) -> None:
+    with pytest.raises(ConfigError, match="plugins"):
+        load_settings(env={"AEGISPAY_PLUGINS": "5"})
 
 
 def test_engine_must_be_a_table() -> None:
@@ -335,7 +369,7 @@ def test_settings_are_frozen() -> None:
         settings.store = "x"  # type: ignore[misc]
 
 
-# -- plugin sections ---------------------------------------------------------------------------------
+# -- plugin sections -------------------------------------------------------------------------------
 
 
 @attrs.frozen

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
-
 from aegispay import events as ev
 from aegispay.errors import InvalidTransition, OperationNotAllowed
 from aegispay.gateways import Outcome
@@ -107,13 +106,13 @@ def test_captured_states_accept_only_the_refund_path(state: PaymentState) -> Non
 
 
 def test_terminal_states() -> None:
-    assert TERMINAL_STATES == {
+    assert {
         S.COMPLETED,
         S.PARTIALLY_REFUNDED,
         S.REFUNDED,
         S.FAILED,
         S.CANCELLED,
-    }
+    } == TERMINAL_STATES
     for state in PaymentState:
         if state not in TERMINAL_STATES:
             assert not TRANSITIONS[state] <= {S.PARTIALLY_REFUNDED, S.REFUNDED}, state
@@ -164,11 +163,7 @@ def test_mermaid_has_every_edge_and_no_other() -> None:
     lines = [line.strip() for line in transition_diagram_mermaid().splitlines()]
     assert lines[0] == "stateDiagram-v2"
     assert "[*] --> INITIATED" in lines
-    edges = {
-        tuple(line.split(" --> "))
-        for line in lines[1:]
-        if "[*]" not in line
-    }
+    edges = {tuple(line.split(" --> ")) for line in lines[1:] if "[*]" not in line}
     assert edges == {(a.name, b.name) for a, b in EXPECTED_ALLOWED}
     for final in ("REFUNDED", "FAILED", "CANCELLED"):
         assert f"{final} --> [*]" in lines
@@ -188,21 +183,32 @@ def _history(*makers: Callable[[int], ev.Event]) -> list[ev.Event]:
 
 def initiated(v: int) -> ev.Event:
     return ev.PaymentInitiated(
-        payment_id=PID, version=v, occurred_at=T0, merchant_id="m", amount=AMOUNT,
+        payment_id=PID,
+        version=v,
+        occurred_at=T0,
+        merchant_id="m",
+        amount=AMOUNT,
         capture_mode="automatic",
     )
 
 
 def started(attempt: int) -> Callable[[int], ev.Event]:
     return lambda v: ev.PaymentProcessingStarted(
-        payment_id=PID, version=v, occurred_at=T0, attempt_no=attempt, gateway=f"gw{attempt}",
+        payment_id=PID,
+        version=v,
+        occurred_at=T0,
+        attempt_no=attempt,
+        gateway=f"gw{attempt}",
         idempotency_key=f"{PID}-a{attempt}",
     )
 
 
 def requires_action(attempt: int) -> Callable[[int], ev.Event]:
     return lambda v: ev.PaymentRequiresAction(
-        payment_id=PID, version=v, occurred_at=T0, attempt_no=attempt,
+        payment_id=PID,
+        version=v,
+        occurred_at=T0,
+        attempt_no=attempt,
         next_action={"type": "redirect"},
     )
 
@@ -221,7 +227,11 @@ def completed(v: int) -> ev.Event:
 
 def refunded(amount: Money) -> Callable[[int], ev.Event]:
     return lambda v: ev.RefundSucceeded(
-        payment_id=PID, version=v, occurred_at=T0, refund_no=v, amount=amount,
+        payment_id=PID,
+        version=v,
+        occurred_at=T0,
+        refund_no=v,
+        amount=amount,
         idempotency_key=f"ref{v}",
     )
 
@@ -243,12 +253,14 @@ HISTORIES: dict[str, list[ev.Event]] = {
     "AUTHORIZED": _history(initiated, started(1), authorized(1)),
     "AUTHORIZED(after 3DS)": _history(initiated, started(1), requires_action(1), authorized(1)),
     "COMPLETED": _history(initiated, started(1), authorized(1), completed),
-    "PARTIALLY_REFUNDED": _history(
-        initiated, started(1), authorized(1), completed, refunded(PART)
-    ),
+    "PARTIALLY_REFUNDED": _history(initiated, started(1), authorized(1), completed, refunded(PART)),
     "REFUNDED": _history(initiated, started(1), authorized(1), completed, refunded(AMOUNT)),
     "REFUNDED(in parts)": _history(
-        initiated, started(1), authorized(1), completed, refunded(PART),
+        initiated,
+        started(1),
+        authorized(1),
+        completed,
+        refunded(PART),
         refunded(AMOUNT - PART),
     ),
     "FAILED": _history(initiated, failed),
@@ -291,18 +303,15 @@ def _refund_target(p: Payment, amount: Money) -> PaymentState:
 
 
 STATE_CHANGING: dict[str, EventFor] = {
-    "ProcessingStarted": lambda p: (
-        _next(p, started(len(p.attempts) + 1)), S.PROCESSING
-    ),
-    "RequiresAction": lambda p: (
-        _next(p, requires_action(_current_attempt(p))), S.REQUIRES_ACTION
-    ),
+    "ProcessingStarted": lambda p: (_next(p, started(len(p.attempts) + 1)), S.PROCESSING),
+    "RequiresAction": lambda p: (_next(p, requires_action(_current_attempt(p))), S.REQUIRES_ACTION),
     "Authorized": lambda p: (_next(p, authorized(_current_attempt(p))), S.AUTHORIZED),
     "Completed": lambda p: (_next(p, completed), S.COMPLETED),
     "Failed": lambda p: (_next(p, failed), S.FAILED),
     "Cancelled": lambda p: (_next(p, cancelled), S.CANCELLED),
     "RefundPart": lambda p: (
-        _next(p, refunded(Money(100, "USD"))), _refund_target(p, Money(100, "USD"))
+        _next(p, refunded(Money(100, "USD"))),
+        _refund_target(p, Money(100, "USD")),
     ),
     "RefundRest": lambda p: (
         _next(p, refunded(p.captured_amount - min(p.refunded_amount, p.captured_amount))),
@@ -358,24 +367,65 @@ def test_a_state_is_not_reentered_unless_the_table_says_so(history: str, event_n
 @pytest.mark.parametrize(
     ("history", "make_event"),
     [
-        ("INITIATED", lambda v: ev.PaymentFlaggedForReview(
-            payment_id=PID, version=v, occurred_at=T0, risk_score=70, reasons=("velocity",))),
-        ("PROCESSING", lambda v: ev.PaymentAttemptFailed(
-            payment_id=PID, version=v, occurred_at=T0, attempt_no=1,
-            outcome=Outcome.NOT_SENT)),
-        ("PROCESSING", lambda v: ev.PaymentOutcomeUnknown(
-            payment_id=PID, version=v, occurred_at=T0, attempt_no=1)),
-        ("REQUIRES_ACTION", lambda v: ev.PaymentOutcomeUnknown(
-            payment_id=PID, version=v, occurred_at=T0, attempt_no=1)),
-        ("AUTHORIZED", lambda v: ev.CaptureFailed(
-            payment_id=PID, version=v, occurred_at=T0, amount=AMOUNT, idempotency_key="c",
-            code="expired")),
-        ("COMPLETED", lambda v: ev.RefundFailed(
-            payment_id=PID, version=v, occurred_at=T0, refund_no=1, amount=PART,
-            idempotency_key="r", code="declined")),
-        ("PARTIALLY_REFUNDED", lambda v: ev.RefundFailed(
-            payment_id=PID, version=v, occurred_at=T0, refund_no=2, amount=PART,
-            idempotency_key="r2", code="declined")),
+        (
+            "INITIATED",
+            lambda v: ev.PaymentFlaggedForReview(
+                payment_id=PID, version=v, occurred_at=T0, risk_score=70, reasons=("velocity",)
+            ),
+        ),
+        (
+            "PROCESSING",
+            lambda v: ev.PaymentAttemptFailed(
+                payment_id=PID, version=v, occurred_at=T0, attempt_no=1, outcome=Outcome.NOT_SENT
+            ),
+        ),
+        (
+            "PROCESSING",
+            lambda v: ev.PaymentOutcomeUnknown(
+                payment_id=PID, version=v, occurred_at=T0, attempt_no=1
+            ),
+        ),
+        (
+            "REQUIRES_ACTION",
+            lambda v: ev.PaymentOutcomeUnknown(
+                payment_id=PID, version=v, occurred_at=T0, attempt_no=1
+            ),
+        ),
+        (
+            "AUTHORIZED",
+            lambda v: ev.CaptureFailed(
+                payment_id=PID,
+                version=v,
+                occurred_at=T0,
+                amount=AMOUNT,
+                idempotency_key="c",
+                code="expired",
+            ),
+        ),
+        (
+            "COMPLETED",
+            lambda v: ev.RefundFailed(
+                payment_id=PID,
+                version=v,
+                occurred_at=T0,
+                refund_no=1,
+                amount=PART,
+                idempotency_key="r",
+                code="declined",
+            ),
+        ),
+        (
+            "PARTIALLY_REFUNDED",
+            lambda v: ev.RefundFailed(
+                payment_id=PID,
+                version=v,
+                occurred_at=T0,
+                refund_no=2,
+                amount=PART,
+                idempotency_key="r2",
+                code="declined",
+            ),
+        ),
     ],
 )
 def test_recording_events_keep_the_state(
