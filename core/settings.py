@@ -146,7 +146,9 @@ def _describe(exc: BaseException, expected: Any) -> str:
         return f"unknown key(s) {sorted(exc.extra_fields)}"
     if isinstance(exc, KeyError):
         return "required key missing"
-    if isinstance(exc, TypeError) and "not iterable" in str(exc) or "not a mapping" in str(exc):
+    if isinstance(exc, TypeError | AttributeError) and (
+        "not iterable" in str(exc) or "mapping" in str(exc) or "items" in str(exc)
+    ):
         return "expected a table"
     if isinstance(exc, ValueError | TypeError) and str(exc):
         return str(exc)

@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 import anyio
 import anyio.lowlevel
 import pytest
-
 from aegispay import (
     AegisPayError,
     AuthorizeRequest,

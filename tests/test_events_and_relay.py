@@ -10,7 +10,6 @@ from collections.abc import Callable, Sequence
 
 import anyio
 import pytest
-
 from aegispay import (
     AegisPayError,
     GatewayResult,
@@ -81,6 +80,27 @@ class ExplodingListener:
         raise RuntimeError("listener bug")
 
 
+class AsyncExplodingListener:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @hookimpl
+    async def aegispay_on_event(self, event: ev.Event) -> None:
+        self.calls += 1
+        raise RuntimeError("async listener bug")
+
+
+class AsyncSyncRecorder:
+    """Like SyncRecorder, as an ``async def`` listener."""
+
+    def __init__(self) -> None:
+        self.event_ids: list[str] = []
+
+    @hookimpl
+    async def aegispay_on_event(self, event: ev.Event) -> None:
+        self.event_ids.append(event.event_id)
+
+
 class FlakySink:
     """Fails while ``failures_left`` > 0; records every delivery it was handed."""
 
@@ -108,9 +128,9 @@ class SinkPlugin:
             register(sink)
 
 
-def recorded_service(*plugins: object, gateways: Sequence[ScriptedGateway] = ()) -> tuple[
-    PaymentService, Recorder
-]:
+def recorded_service(
+    *plugins: object, gateways: Sequence[ScriptedGateway] = ()
+) -> tuple[PaymentService, Recorder]:
     recorder = Recorder()
     service = make_test_service(
         gateways=list(gateways) or [ScriptedGateway()], plugins=[recorder, *plugins]
@@ -182,9 +202,16 @@ async def test_raising_listener_never_changes_state_and_the_relay_keeps_going() 
         assert await service.replay(payment.id) == payment
 
 
-@pytest.mark.parametrize("exploding_first", [True, False])
-async def test_raising_listener_does_not_silence_other_listeners(exploding_first: bool) -> None:
-    exploding, quiet = ExplodingListener(), SyncRecorder()
+@pytest.mark.parametrize(
+    "exploding_first", [True, False], ids=["exploding-first", "exploding-last"]
+)
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+async def test_raising_listener_does_not_silence_other_listeners(
+    exploding_first: bool, flavour: str
+) -> None:
+    exploding = ExplodingListener() if flavour == "sync" else AsyncExplodingListener()
+    quiet = SyncRecorder() if flavour == "sync" else AsyncSyncRecorder()
+    # pluggy calls the plugin registered last first.
     plugins = [quiet, exploding] if exploding_first else [exploding, quiet]
     service = make_test_service(gateways=[ScriptedGateway()], plugins=plugins)
     payment = await service.pay(request())
@@ -281,9 +308,16 @@ async def test_replay_equals_projection_after_a_mixed_workload() -> None:
         "first",
         script={
             Operation.AUTHORIZE: [
-                Outcome.SUCCEEDED, declined, Outcome.UNKNOWN, Outcome.REQUIRES_ACTION,
-                Outcome.NOT_SENT, Outcome.SUCCEEDED, Outcome.UNKNOWN, declined,
-            ] * 3,
+                Outcome.SUCCEEDED,
+                declined,
+                Outcome.UNKNOWN,
+                Outcome.REQUIRES_ACTION,
+                Outcome.NOT_SENT,
+                Outcome.SUCCEEDED,
+                Outcome.UNKNOWN,
+                declined,
+            ]
+            * 3,
             Operation.STATUS: [Outcome.UNKNOWN] * 4,
             Operation.REFUND: [declined, Outcome.SUCCEEDED, Outcome.UNKNOWN],
             Operation.CAPTURE: [Outcome.NOT_SENT],

@@ -8,7 +8,6 @@ from typing import Any
 
 import anyio
 import pytest
-
 from aegispay import (
     GatewayResult,
     HookContext,
@@ -70,8 +69,12 @@ async def test_same_key_same_request_returns_the_first_result() -> None:
     validator = CountingValidator()
     service = make_test_service(gateways=[ScriptedGateway()], plugins=[validator])
     async with service:
-        first = await service.create_payment(request(metadata={"order": "o-1"}), idempotency_key="k-1")
-        again = await service.create_payment(request(metadata={"order": "o-1"}), idempotency_key="k-1")
+        first = await service.create_payment(
+            request(metadata={"order": "o-1"}), idempotency_key="k-1"
+        )
+        again = await service.create_payment(
+            request(metadata={"order": "o-1"}), idempotency_key="k-1"
+        )
         ids = await service.store.payment_ids()
 
     assert again == first

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from aegispay import (
     GatewayDeclined,
     GatewayResult,
@@ -237,7 +236,9 @@ async def test_capture_from_wrong_states_raises_invalid_transition() -> None:
 
 async def test_cancel_from_wrong_states_raises_invalid_transition() -> None:
     service = make_test_service(
-        gateways=[ScriptedGateway(script={Operation.AUTHORIZE: [Outcome.SUCCEEDED, Outcome.DECLINED]})]
+        gateways=[
+            ScriptedGateway(script={Operation.AUTHORIZE: [Outcome.SUCCEEDED, Outcome.DECLINED]})
+        ]
     )
     async with service:
         completed = await service.pay(request())

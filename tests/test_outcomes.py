@@ -10,7 +10,6 @@ from collections.abc import Sequence
 
 import anyio
 import pytest
-
 from aegispay import (
     AuthorizeRequest,
     GatewayNotSent,
