@@ -21,7 +21,7 @@ def _settings(ctx: click.Context) -> Settings:
 
 
 class _Group(click.Group):
-    """Turns AegisPay's own errors into a one-line message and exit status 2."""
+    """Turns AegisPay's own errors into a one-line message and exit status 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -276,18 +276,44 @@ def states(mermaid: bool) -> None:
     click.echo(transition_diagram_mermaid() if mermaid else transition_table_markdown())
 
 
-def _add_plugin_commands() -> None:
-    """Let installed plugins add sub-commands (``aegispay_register_commands``)."""
+def _config_path(argv: list[str]) -> str | None:
+    """``--config PATH`` from the command line, before click parses it (plugin commands must
+    be added first, and plugins must see the same settings as the command)."""
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _add_plugin_commands(argv: list[str]) -> None:
+    """Let installed plugins add sub-commands (``aegispay_register_commands``), honouring the
+    configuration and the allow / deny lists. A broken plugin or configuration leaves the
+    built-in commands working; the command itself then reports the configuration error."""
     from .pluginmanager import make_plugin_host
 
     try:
-        host = make_plugin_host(builtins=False)
-    except AegisPayError as error:  # a broken plugin must not break the CLI
-        logging.getLogger("aegispay.cli").warning("plugin commands unavailable: %s", error)
+        settings = load_settings(_config_path(argv))
+        host = make_plugin_host(
+            config=settings.plugin_config,
+            builtins=False,
+            allow=settings.plugins.allow,
+            deny=settings.plugins.deny,
+        )
+    except AegisPayError:
         return
-    host.pm.hook.aegispay_register_commands(cli=cli)
+    for impl in reversed(host.pm.hook.aegispay_register_commands.get_hookimpls()):
+        if impl.wrapper or impl.hookwrapper:
+            continue
+        try:
+            impl.function(cli)
+        except Exception as error:  # one plugin's commands must not break the others
+            logging.getLogger("aegispay.cli").warning(
+                "plugin %r: aegispay_register_commands failed: %s", impl.plugin_name, error
+            )
 
 
 def main() -> None:
-    _add_plugin_commands()
+    _add_plugin_commands(sys.argv[1:])
     cli(prog_name="aegispay")

@@ -59,7 +59,8 @@ def combine_verdicts(verdicts: Sequence[FraudVerdict]) -> FraudVerdict:
 
 @attrs.frozen
 class RouteDecision:
-    """Gateways to try, in order: the first choice, then fallbacks (used only after NOT_SENT)."""
+    """Gateways to try, in order: the first choice, then fallbacks (used only after NOT_SENT or
+    a DECLINED marked ``retryable_elsewhere``, never after UNKNOWN)."""
 
     gateways: tuple[str, ...]
     reason: str = ""

@@ -175,6 +175,53 @@ class CaptureFailed(Event):
     message: str = ""
 
 
+@attrs.frozen(kw_only=True, slots=False)
+class CaptureRequested(Event):
+    """The intent to capture ``amount`` with ``idempotency_key``, committed before the call.
+
+    Until a result event settles it, a retry (or ``sync_payment``) repeats exactly this call,
+    so a lost answer can never turn into a second capture or a different amount.
+    """
+
+    type_name: ClassVar[str] = "CaptureRequested"
+
+    amount: Money
+    idempotency_key: str
+
+
+@attrs.frozen(kw_only=True, slots=False)
+class RefundRequested(Event):
+    """The intent to refund (see CaptureRequested)."""
+
+    type_name: ClassVar[str] = "RefundRequested"
+
+    refund_no: int
+    amount: Money
+    idempotency_key: str
+    reason: str | None = None
+
+
+@attrs.frozen(kw_only=True, slots=False)
+class VoidRequested(Event):
+    """The intent to void the authorisation before cancelling (see CaptureRequested)."""
+
+    type_name: ClassVar[str] = "VoidRequested"
+
+    idempotency_key: str
+    reason: str = ""
+
+
+@attrs.frozen(kw_only=True, slots=False)
+class OperationNotSent(Event):
+    """The pending capture, refund or void provably never reached the gateway: dropped."""
+
+    type_name: ClassVar[str] = "OperationNotSent"
+
+    operation: str
+    idempotency_key: str
+    message: str = ""
+
+
 CORE_EVENT_TYPES: tuple[type[Event], ...] = (
     PaymentInitiated,
     PaymentFlaggedForReview,
@@ -189,4 +236,8 @@ CORE_EVENT_TYPES: tuple[type[Event], ...] = (
     RefundSucceeded,
     RefundFailed,
     CaptureFailed,
+    CaptureRequested,
+    RefundRequested,
+    VoidRequested,
+    OperationNotSent,
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pluggy
@@ -33,6 +33,85 @@ async def await_me_maybe(value: Any) -> Any:
     return value
 
 
+class _Caller:
+    """Calls one hook's implementations one by one, in pluggy's order, awaiting results.
+
+    Without wrapper implementations each function is called directly (a fraction of pluggy's
+    per-call cost, which matters several times per payment). When a new-style
+    ``wrapper=True`` implementation exists, each implementation is called through a pluggy
+    subset caller holding the wrappers and that one implementation, so wrappers apply (once
+    per implementation) while results are still awaited one at a time - a firstresult hook
+    passes on when an async implementation resolves to None, and an observer that raises
+    cannot silence the others.
+    """
+
+    __slots__ = ("_calls", "empty", "name")
+
+    def __init__(self, pm: pluggy.PluginManager, hook: pluggy.HookCaller) -> None:
+        self.name = hook.name
+        assert hook.spec is not None, hook.name
+        params = tuple(hook.spec.argnames)
+        firstresult = bool(hook.spec.opts.get("firstresult"))
+        impls = hook.get_hookimpls()
+        plain = [impl for impl in reversed(impls) if not (impl.wrapper or impl.hookwrapper)]
+        self.empty = not plain
+        calls: list[tuple[str, Callable[[tuple[Any, ...]], Any]]] = []
+        wrapped = len(plain) != len(impls)
+        for impl in plain:
+            if wrapped:
+                others = [i.plugin for i in plain if i is not impl]
+                subset = pm.subset_hook_caller(hook.name, others)
+
+                def call(args: tuple[Any, ...], _subset: Any = subset) -> Any:
+                    results = _subset(**dict(zip(params, args, strict=True)))
+                    if firstresult:
+                        return results
+                    return results[0] if results else None
+
+            else:
+                indexes = tuple(params.index(arg) for arg in impl.argnames)
+
+                def call(
+                    args: tuple[Any, ...], _f: Any = impl.function, _i: tuple[int, ...] = indexes
+                ) -> Any:
+                    return _f(*[args[i] for i in _i])
+
+            calls.append((impl.plugin_name, call))
+        self._calls = tuple(calls)
+
+    async def all(self, *args: Any) -> list[Any]:
+        """Every non-None result (``args`` in the hookspec's parameter order)."""
+        out = []
+        for _, call in self._calls:
+            result = call(args)
+            if result is not None and inspect.isawaitable(result):
+                result = await result
+            if result is not None:
+                out.append(result)
+        return out
+
+    async def first(self, *args: Any) -> Any:
+        """The first non-None result; an async implementation resolving to None passes on."""
+        for _, call in self._calls:
+            result = call(args)
+            if result is not None and inspect.isawaitable(result):
+                result = await result
+            if result is not None:
+                return result
+        return None
+
+    async def each(self, *args: Any) -> None:
+        """Call every implementation; one that raises is logged with its plugin's name and
+        the others still run (observers must not silence each other)."""
+        for owner, call in self._calls:
+            try:
+                result = call(args)
+                if result is not None and inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("plugin %r: %s failed; ignored", owner, self.name)
+
+
 class Hooks:
     """The engine's view of the plugin manager's hooks."""
 
@@ -42,115 +121,81 @@ class Hooks:
         self.refresh()
 
     def refresh(self) -> None:
-        """Recompute which hooks have implementations (after registering a plugin)."""
-        hook = self._hook
-
-        def used(name: str) -> bool:
-            return bool(getattr(hook, name).get_hookimpls())
-
-        self._validate = used("aegispay_validate_payment")
-        self._fraud = used("aegispay_check_fraud")
-        self._before_call = used("aegispay_before_gateway_call")
-        self._after_call = used("aegispay_after_gateway_call")
-        self._operation = used("aegispay_operation_finished")
-        self._on_event = used("aegispay_on_event")
-        # firstresult + an async router: pluggy would stop at the coroutine object, so such
-        # routers are called one by one here (wrappers still apply to all-sync routers).
-        self._async_router = any(
-            inspect.iscoroutinefunction(impl.function)
-            for impl in hook.aegispay_select_gateway.get_hookimpls()
-        )
+        """Recompute the callers (after a plugin is registered or unregistered)."""
+        hook, pm = self._hook, self._pm
+        self._validate = _Caller(pm, hook.aegispay_validate_payment)
+        self._fraud = _Caller(pm, hook.aegispay_check_fraud)
+        self._route = _Caller(pm, hook.aegispay_select_gateway)
+        self._before_call = _Caller(pm, hook.aegispay_before_gateway_call)
+        self._after_call = _Caller(pm, hook.aegispay_after_gateway_call)
+        self._operation = _Caller(pm, hook.aegispay_operation_finished)
+        self._on_event = _Caller(pm, hook.aegispay_on_event)
 
     @property
     def has_event_listeners(self) -> bool:
-        return self._on_event
+        return not self._on_event.empty
 
     async def validate_payment(self, request: PaymentRequest, context: HookContext) -> None:
         """Raise PaymentValidationError with every problem all validators found."""
-        if not self._validate:
+        if self._validate.empty:
             return
         problems: list[Problem] = []
-        for result in self._hook.aegispay_validate_payment(request=request, context=context):
-            found = await await_me_maybe(result)
-            if found:
-                for problem in found:
-                    if not isinstance(problem, Problem):
-                        raise PluginError(
-                            f"aegispay_validate_payment returned {problem!r}; expected Problem"
-                        )
-                    problems.append(problem)
+        for found in await self._validate.all(request, context):
+            for problem in found:
+                if not isinstance(problem, Problem):
+                    raise PluginError(
+                        f"aegispay_validate_payment returned {problem!r}; expected Problem"
+                    )
+                problems.append(problem)
         if problems:
             raise PaymentValidationError(problems)
 
     async def check_fraud(self, payment: Payment, context: HookContext) -> list[FraudVerdict]:
-        if not self._fraud:
+        if self._fraud.empty:
             return []
-        verdicts = []
-        for result in self._hook.aegispay_check_fraud(payment=payment, context=context):
-            verdict = await await_me_maybe(result)
-            if verdict is None:
-                continue
+        verdicts = await self._fraud.all(payment, context)
+        for verdict in verdicts:
             if not isinstance(verdict, FraudVerdict):
                 raise PluginError(
                     f"aegispay_check_fraud returned {verdict!r}; expected FraudVerdict"
                 )
-            verdicts.append(verdict)
         return verdicts
 
     async def select_gateway(
         self, payment: Payment, candidates: Sequence[str], context: HookContext
     ) -> RouteDecision | None:
-        hook = self._hook.aegispay_select_gateway
-        kwargs = {"payment": payment, "candidates": candidates, "context": context}
-        if not self._async_router:
-            decision = hook(**kwargs)
-        else:
-            decision = None
-            for impl in reversed(hook.get_hookimpls()):
-                if impl.wrapper or impl.hookwrapper:
-                    continue
-                decision = await await_me_maybe(
-                    impl.function(*(kwargs[name] for name in impl.argnames))
-                )
-                if decision is not None:
-                    break
+        decision = await self._route.first(payment, candidates, context)
         if decision is not None and not isinstance(decision, RouteDecision):
             raise PluginError(
                 f"aegispay_select_gateway returned {decision!r}; expected RouteDecision"
             )
         return decision
 
-    async def _observe(self, name: str, **kwargs: Any) -> None:
-        try:
-            for result in getattr(self._hook, name)(**kwargs):
-                await await_me_maybe(result)
-        except Exception:
-            log.exception("%s implementation failed; ignored", name)
+    async def _observe(self, caller: _Caller, *args: Any) -> None:
+        await caller.each(*args)
 
     async def before_gateway_call(self, call: GatewayCall) -> None:
-        if self._before_call:
-            await self._observe("aegispay_before_gateway_call", call=call)
+        if not self._before_call.empty:
+            await self._observe(self._before_call, call)
 
     async def after_gateway_call(
         self, call: GatewayCall, result: GatewayResult, elapsed_ms: float
     ) -> None:
-        if self._after_call:
-            await self._observe(
-                "aegispay_after_gateway_call", call=call, result=result, elapsed_ms=elapsed_ms
-            )
+        if not self._after_call.empty:
+            await self._observe(self._after_call, call, result, elapsed_ms)
 
     async def operation_finished(self, record: OperationRecord) -> None:
-        if self._operation:
-            await self._observe("aegispay_operation_finished", record=record)
+        if not self._operation.empty:
+            await self._observe(self._operation, record)
 
     async def on_event(self, event: Event) -> None:
-        if self._on_event:
-            await self._observe("aegispay_on_event", event=event)
+        if not self._on_event.empty:
+            await self._observe(self._on_event, event)
 
     @property
     def wants_gateway_calls(self) -> bool:
-        return self._before_call or self._after_call
+        return not (self._before_call.empty and self._after_call.empty)
 
     @property
     def wants_operations(self) -> bool:
-        return self._operation
+        return not self._operation.empty

@@ -150,7 +150,8 @@ def aegispay_select_gateway(
     :param context: merchant, operation, clock, and the registered gateways (for fees, etc.).
 
     Return an :class:`aegispay.decisions.RouteDecision`: the first choice, then fallbacks that
-    are tried only after a NOT_SENT outcome (never after UNKNOWN). Return None to let the next
+    are tried only after a NOT_SENT outcome or a DECLINED marked ``retryable_elsewhere``
+    (never after UNKNOWN). Return None to let the next
     router decide. The first non-None result wins (the built-in priority router runs last).
     Names not among ``candidates`` are dropped. Called by ``process_payment`` once per payment.
     """
@@ -187,7 +188,7 @@ def aegispay_after_gateway_call(
 
 @hookspec
 def aegispay_operation_finished(record: OperationRecord) -> Awaitable[None] | None:
-    """A service operation (create, process, capture, cancel, refund) has finished.
+    """A service operation (create, process, sync, capture, cancel, refund) has finished.
 
     :param record: operation name, payment id, the resulting payment (None on error), the
         error (None on success) and the elapsed time in ms.

@@ -66,12 +66,15 @@ class OutboxRelay:
         self._hooks = hooks
         self._settings = settings or RelaySettings()
         self._wakeup = anyio.Event()
+        self._woken = False
         self.published = 0
         self.parked = 0
 
     def notify(self) -> None:
         """Called by the store after a commit: there is something to publish."""
-        self._wakeup.set()
+        if not self._woken:
+            self._woken = True
+            self._wakeup.set()
 
     async def run(self) -> None:
         """Publish until cancelled. Sleeps while the outbox is empty."""
@@ -79,6 +82,7 @@ class OutboxRelay:
         while True:
             await self._wakeup.wait()
             self._wakeup = anyio.Event()
+            self._woken = False
             while True:
                 try:
                     count = await self.publish_pending()

@@ -37,6 +37,20 @@ class Attempt:
 
 
 @attrs.frozen
+class PendingOperation:
+    """A capture, refund or void whose intent is recorded and whose outcome is not yet known.
+
+    ``kind`` is "capture", "refund" or "void"; ``number`` is the refund number for refunds.
+    """
+
+    kind: str
+    idempotency_key: str
+    amount: Money | None = None
+    number: int = 0
+    reason: str | None = None
+
+
+@attrs.frozen
 class Refund:
     number: int
     amount: Money
@@ -74,6 +88,7 @@ class Payment:
     failure_code: str | None = None
     failure_message: str | None = None
     next_action: Mapping[str, str] | None = None
+    pending: PendingOperation | None = None
 
     @property
     def current_attempt(self) -> Attempt | None:
@@ -219,7 +234,13 @@ def apply(payment: Payment | None, event: ev.Event) -> Payment:
             payment.id, f"event version {event.version} does not follow {payment.version}"
         )
     new = _apply(payment, event)
-    check_invariant(new)
+    # Only events that move money can break the invariant (identity checks: cheap).
+    if (
+        new.authorized is not payment.authorized
+        or new.captured is not payment.captured
+        or new.refunded is not payment.refunded
+    ):
+        check_invariant(new)
     return new
 
 
@@ -234,7 +255,7 @@ def _authorized(p: Payment, e: Any) -> Payment:
 
 
 def _completed(p: Payment, e: Any) -> Payment:
-    return _evolve(p, e, S.COMPLETED, captured=e.amount)
+    return _evolve(p, e, S.COMPLETED, captured=e.amount, pending=None)
 
 
 def _attempt_failed(p: Payment, e: Any) -> Payment:
@@ -257,23 +278,49 @@ def _failed(p: Payment, e: Any) -> Payment:
 
 
 def _cancelled(p: Payment, e: Any) -> Payment:
-    return _evolve(p, e, S.CANCELLED, next_action=None)
+    return _evolve(p, e, S.CANCELLED, next_action=None, pending=None)
 
 
 def _refund_succeeded(p: Payment, e: Any) -> Payment:
     refunded = p.refunded_amount + e.amount
     state = S.REFUNDED if refunded == p.captured_amount else S.PARTIALLY_REFUNDED
     refund = Refund(e.refund_no, e.amount, e.idempotency_key, True, e.gateway_reference, e.reason)
-    return _evolve(p, e, state, refunded=refunded, refunds=(*p.refunds, refund))
+    return _evolve(p, e, state, refunded=refunded, refunds=(*p.refunds, refund), pending=None)
 
 
 def _refund_failed(p: Payment, e: Any) -> Payment:
     refund = Refund(e.refund_no, e.amount, e.idempotency_key, False)
-    return _evolve(p, e, None, refunds=(*p.refunds, refund))
+    return _evolve(p, e, None, refunds=(*p.refunds, refund), pending=None)
 
 
 def _flagged(p: Payment, e: Any) -> Payment:
     return _evolve(p, e, None, review=True, capture_mode="manual")
+
+
+def _capture_failed(p: Payment, e: Any) -> Payment:
+    return _evolve(p, e, None, pending=None)
+
+
+def _requested(kind: str) -> Callable[[Payment, Any], Payment]:
+    def apply_request(p: Payment, e: Any) -> Payment:
+        if p.pending is not None:
+            raise OperationNotAllowed(
+                p.id, f"a {p.pending.kind} is still awaiting its outcome; no new {kind}"
+            )
+        pending = PendingOperation(
+            kind,
+            e.idempotency_key,
+            getattr(e, "amount", None),
+            getattr(e, "refund_no", 0),
+            getattr(e, "reason", None),
+        )
+        return _evolve(p, e, None, pending=pending)
+
+    return apply_request
+
+
+def _operation_not_sent(p: Payment, e: Any) -> Payment:
+    return _evolve(p, e, None, pending=None)
 
 
 def _unchanged(p: Payment, e: Any) -> Payment:
@@ -297,7 +344,11 @@ _APPLY: dict[type[ev.Event], Callable[[Payment, Any], Payment]] = {
     ev.RefundSucceeded: _refund_succeeded,
     ev.RefundFailed: _refund_failed,
     ev.PaymentFlaggedForReview: _flagged,
-    ev.CaptureFailed: _unchanged,
+    ev.CaptureFailed: _capture_failed,
+    ev.CaptureRequested: _requested("capture"),
+    ev.RefundRequested: _requested("refund"),
+    ev.VoidRequested: _requested("void"),
+    ev.OperationNotSent: _operation_not_sent,
     ev.PaymentInitiated: _not_first,
 }
 

@@ -65,6 +65,7 @@ from .store.base import Change, IdempotencyClaimed, IdempotencyRecord, PaymentSt
 from .timeouts import run_with_timeout
 
 log = logging.getLogger("aegispay.service")
+_gateway_log = logging.getLogger("aegispay.gateway")
 S = PaymentState
 _METHODS = {
     Operation.AUTHORIZE: "authorize",
@@ -126,6 +127,8 @@ class PaymentService:
 
         owners: dict[str, str] = {}
         for impl in reversed(getattr(self.host.pm.hook, hook_name).get_hookimpls()):
+            if impl.wrapper or impl.hookwrapper:
+                continue  # registration is called plugin by plugin; wrappers do not apply
 
             def register(obj: Any, _plugin: str = impl.plugin_name) -> None:
                 name = getattr(obj, "name", None)
@@ -147,7 +150,8 @@ class PaymentService:
 
     def _collect_event_types(self) -> None:
         for impl in reversed(self.host.pm.hook.aegispay_register_event_types.get_hookimpls()):
-            impl.function(self.event_types.register)
+            if not (impl.wrapper or impl.hookwrapper):
+                impl.function(self.event_types.register)
 
     # -- running --------------------------------------------------------------------------
 
@@ -295,6 +299,11 @@ class PaymentService:
     async def _process(self, payment: Payment, lease: Lease) -> Payment:
         if payment.unresolved_attempt is not None:
             return await self._resolve(payment, lease)
+        if payment.pending is not None:
+            return await self._run_pending(payment, lease)
+        if payment.state is S.AUTHORIZED and payment.capture_mode == "automatic":
+            # An automatic capture that did not happen (not sent, declined): try it again.
+            return await self._capture(payment, lease, None)
         if payment.state is not S.INITIATED:
             return payment
         context = self._context("process", payment.merchant_id)
@@ -504,15 +513,24 @@ class PaymentService:
         return payment
 
     async def sync_payment(self, payment_id: str) -> Payment:
-        """Settle an in-flight, UNKNOWN or REQUIRES_ACTION attempt by a status lookup."""
+        """Settle what is left open: an in-flight, UNKNOWN or REQUIRES_ACTION attempt (by a
+        status lookup), or a capture, refund or void whose answer was lost (by repeating
+        exactly the recorded call, same idempotency key and amount)."""
         return await self._locked("sync", payment_id, self._sync)
 
     async def _sync(self, payment: Payment, lease: Lease) -> Payment:
-        if payment.unresolved_attempt is None:
-            return payment
-        return await self._resolve(payment, lease)
+        if payment.unresolved_attempt is not None:
+            return await self._resolve(payment, lease)
+        if payment.pending is not None:
+            return await self._run_pending(payment, lease)
+        return payment
 
     # -- capture, cancel, refund ------------------------------------------------------------
+    #
+    # Each records its intent (amount and idempotency key) before calling the gateway. If
+    # the answer is lost (UNKNOWN), the intent stays pending and any retry repeats exactly
+    # that call, so the gateway's idempotency makes a second capture or refund impossible
+    # and the amount recorded is always the amount the gateway moved.
 
     async def capture(self, payment_id: str, amount: Money | None = None) -> Payment:
         """Capture an AUTHORIZED payment, fully (default) or partially (the rest is released)."""
@@ -523,48 +541,20 @@ class PaymentService:
         return await self._locked("capture", payment_id, run)
 
     async def _capture(self, payment: Payment, lease: Lease, amount: Money | None) -> Payment:
+        if self._resumable(payment, "capture", amount):
+            return await self._run_pending(payment, lease)
         if payment.state is not S.AUTHORIZED:
             raise InvalidTransition(payment.id, payment.state, S.COMPLETED, "capture")
-        authorized = payment.authorized_amount
-        amount = self._operation_amount(payment, amount, authorized, "capture")
-        attempt = payment.attempts[-1]
-        key = f"{payment.id}-capture-v{payment.version}"
-        request = CaptureRequest(payment.id, key, attempt.gateway_reference, amount)
-        result = await self._call(attempt.gateway, Operation.CAPTURE, request, attempt.number)
-        self._raise_unless_decided(payment, "capture", result)
-        now = self.clock()
-        if result.outcome is Outcome.SUCCEEDED:
-            return await self._commit(
-                payment,
-                lease,
-                [
-                    ev.PaymentCompleted(
-                        payment_id=payment.id,
-                        version=payment.version + 1,
-                        occurred_at=now,
-                        amount=amount,
-                        idempotency_key=key,
-                        gateway_reference=result.reference or attempt.gateway_reference,
-                    )
-                ],
-            )
-        code = result.decline_code or "capture_declined"
-        await self._commit(
-            payment,
-            lease,
-            [
-                ev.CaptureFailed(
-                    payment_id=payment.id,
-                    version=payment.version + 1,
-                    occurred_at=now,
-                    amount=amount,
-                    idempotency_key=key,
-                    code=code,
-                    message=result.message,
-                )
-            ],
+        amount = self._operation_amount(payment, amount, payment.authorized_amount, "capture")
+        intent = ev.CaptureRequested(
+            payment_id=payment.id,
+            version=payment.version + 1,
+            occurred_at=self.clock(),
+            amount=amount,
+            idempotency_key=f"{payment.id}-capture-{payment.version + 1}",
         )
-        raise GatewayDeclined(payment.id, "capture", code, result.message)
+        payment = await self._commit(payment, lease, [intent])
+        return await self._run_pending(payment, lease)
 
     async def cancel(self, payment_id: str, reason: str = "") -> Payment:
         """Cancel before capture: INITIATED needs no gateway; AUTHORIZED / REQUIRES_ACTION are
@@ -576,32 +566,29 @@ class PaymentService:
         return await self._locked("cancel", payment_id, run)
 
     async def _cancel(self, payment: Payment, lease: Lease, reason: str) -> Payment:
+        if self._resumable(payment, "void", None):
+            return await self._run_pending(payment, lease)
         if payment.state is S.PROCESSING:
             raise OperationNotAllowed(
                 payment.id, "an attempt is in flight; cancel after its outcome is known"
             )
         if payment.state not in _CANCELLABLE:
             raise InvalidTransition(payment.id, payment.state, S.CANCELLED, "cancel")
-        voided = False
-        if payment.state in (S.AUTHORIZED, S.REQUIRES_ACTION):
-            attempt = payment.attempts[-1]
-            key = f"{payment.id}-void-v{payment.version}"
-            request = VoidRequest(payment.id, key, attempt.gateway_reference)
-            result = await self._call(attempt.gateway, Operation.VOID, request, attempt.number)
-            self._raise_unless_decided(payment, "void", result)
-            if result.outcome is not Outcome.SUCCEEDED:
-                raise GatewayDeclined(
-                    payment.id, "void", result.decline_code or "void_declined", result.message
-                )
-            voided = True
-        event = ev.PaymentCancelled(
+        now = self.clock()
+        if payment.state is S.INITIATED:
+            event = ev.PaymentCancelled(
+                payment_id=payment.id, version=payment.version + 1, occurred_at=now, reason=reason
+            )
+            return await self._commit(payment, lease, [event])
+        intent = ev.VoidRequested(
             payment_id=payment.id,
             version=payment.version + 1,
-            occurred_at=self.clock(),
+            occurred_at=now,
+            idempotency_key=f"{payment.id}-void-{payment.version + 1}",
             reason=reason,
-            voided=voided,
         )
-        return await self._commit(payment, lease, [event])
+        payment = await self._commit(payment, lease, [intent])
+        return await self._run_pending(payment, lease)
 
     async def refund(
         self, payment_id: str, amount: Money | None = None, reason: str | None = None
@@ -616,33 +603,124 @@ class PaymentService:
     async def _refund(
         self, payment: Payment, lease: Lease, amount: Money | None, reason: str | None
     ) -> Payment:
+        if self._resumable(payment, "refund", amount):
+            return await self._run_pending(payment, lease)
         if payment.state not in (S.COMPLETED, S.PARTIALLY_REFUNDED):
             raise InvalidTransition(payment.id, payment.state, S.REFUNDED, "refund")
         amount = self._operation_amount(payment, amount, payment.refundable_amount, "refund")
         refund_no = len(payment.refunds) + 1
-        key = f"{payment.id}-refund-{refund_no}"
-        attempt = next(a for a in reversed(payment.attempts) if a.outcome is Outcome.SUCCEEDED)
-        request = RefundRequest(payment.id, key, attempt.gateway_reference, amount, reason)
-        result = await self._call(attempt.gateway, Operation.REFUND, request, attempt.number)
-        self._raise_unless_decided(payment, "refund", result)
+        intent = ev.RefundRequested(
+            payment_id=payment.id,
+            version=payment.version + 1,
+            occurred_at=self.clock(),
+            refund_no=refund_no,
+            amount=amount,
+            idempotency_key=f"{payment.id}-refund-{refund_no}",
+            reason=reason,
+        )
+        payment = await self._commit(payment, lease, [intent])
+        return await self._run_pending(payment, lease)
+
+    @staticmethod
+    def _resumable(payment: Payment, kind: str, amount: Money | None) -> bool:
+        """True when ``kind`` is already pending (so the call is a retry of it); raises when
+        another operation is pending or the retry asks for a different amount."""
+        pending = payment.pending
+        if pending is None:
+            return False
+        if pending.kind != kind:
+            raise OperationNotAllowed(
+                payment.id,
+                f"a {pending.kind} is awaiting its outcome; retry it or sync the payment first",
+            )
+        if amount is not None and pending.amount is not None and amount != pending.amount:
+            raise OperationNotAllowed(
+                payment.id,
+                f"a {kind} of {pending.amount} is awaiting its outcome; retry it with the same "
+                "amount (or none) or sync the payment",
+            )
+        return True
+
+    async def _run_pending(self, payment: Payment, lease: Lease) -> Payment:
+        """Make (or repeat) the pending operation's gateway call and record its outcome."""
+        pending = payment.pending
+        assert pending is not None
+        attempt = next(
+            (a for a in reversed(payment.attempts) if a.outcome is Outcome.SUCCEEDED),
+            payment.attempts[-1],
+        )
+        key, reference = pending.idempotency_key, attempt.gateway_reference
+        request: Any
+        if pending.kind == "capture":
+            assert pending.amount is not None
+            request = CaptureRequest(payment.id, key, reference, pending.amount)
+            operation = Operation.CAPTURE
+        elif pending.kind == "refund":
+            assert pending.amount is not None
+            request = RefundRequest(payment.id, key, reference, pending.amount, pending.reason)
+            operation = Operation.REFUND
+        else:
+            request = VoidRequest(payment.id, key, reference)
+            operation = Operation.VOID
+        result = await self._call(attempt.gateway, operation, request, attempt.number)
+        outcome = result.outcome
+        if outcome in (Outcome.UNKNOWN, Outcome.PENDING, Outcome.REQUIRES_ACTION):
+            # Nothing recorded: the intent stays pending and a retry repeats this call.
+            raise OutcomeUnknown(payment.id, pending.kind, result.message or outcome.value)
         common: dict[str, Any] = {
             "payment_id": payment.id,
             "version": payment.version + 1,
             "occurred_at": self.clock(),
-            "refund_no": refund_no,
-            "amount": amount,
-            "idempotency_key": key,
         }
-        if result.outcome is Outcome.SUCCEEDED:
-            event: ev.Event = ev.RefundSucceeded(
-                **common, gateway_reference=result.reference, reason=reason
+        if outcome is Outcome.NOT_SENT:
+            dropped = ev.OperationNotSent(
+                **common, operation=pending.kind, idempotency_key=key, message=result.message
             )
-            return await self._commit(payment, lease, [event])
-        code = result.decline_code or "refund_declined"
-        await self._commit(
-            payment, lease, [ev.RefundFailed(**common, code=code, message=result.message)]
-        )
-        raise GatewayDeclined(payment.id, "refund", code, result.message)
+            await self._commit(payment, lease, [dropped])
+            raise GatewayUnavailable(payment.id, pending.kind, result.message)
+        succeeded = outcome is Outcome.SUCCEEDED
+        code = result.decline_code or f"{pending.kind}_declined"
+        event: ev.Event
+        if pending.kind == "capture":
+            assert pending.amount is not None
+            event = (
+                ev.PaymentCompleted(
+                    **common,
+                    amount=pending.amount,
+                    idempotency_key=key,
+                    gateway_reference=result.reference or reference,
+                )
+                if succeeded
+                else ev.CaptureFailed(
+                    **common,
+                    amount=pending.amount,
+                    idempotency_key=key,
+                    code=code,
+                    message=result.message,
+                )
+            )
+        elif pending.kind == "refund":
+            assert pending.amount is not None
+            refund = {"refund_no": pending.number, "amount": pending.amount, "idempotency_key": key}
+            event = (
+                ev.RefundSucceeded(
+                    **common, **refund, gateway_reference=result.reference, reason=pending.reason
+                )
+                if succeeded
+                else ev.RefundFailed(**common, **refund, code=code, message=result.message)
+            )
+        elif succeeded:
+            event = ev.PaymentCancelled(**common, reason=pending.reason or "", voided=True)
+        else:
+            # A refused void leaves the authorisation as it was: record nothing but the
+            # dropped intent, so the payment can be captured or voided again.
+            event = ev.OperationNotSent(
+                **common, operation="void", idempotency_key=key, message=f"declined: {code}"
+            )
+        payment = await self._commit(payment, lease, [event])
+        if not succeeded:
+            raise GatewayDeclined(payment.id, pending.kind, code, result.message)
+        return payment
 
     @staticmethod
     def _operation_amount(
@@ -664,13 +742,6 @@ class PaymentService:
                 payment.id, f"{operation} of {amount} exceeds the {limit} available"
             )
         return amount
-
-    @staticmethod
-    def _raise_unless_decided(payment: Payment, operation: str, result: GatewayResult) -> None:
-        if result.outcome is Outcome.NOT_SENT:
-            raise GatewayUnavailable(payment.id, operation, result.message)
-        if result.outcome in (Outcome.UNKNOWN, Outcome.PENDING, Outcome.REQUIRES_ACTION):
-            raise OutcomeUnknown(payment.id, operation, result.message or result.outcome.value)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -742,12 +813,14 @@ class PaymentService:
         self, gateway_name: str, operation: Operation, request: Any, attempt_no: int | None
     ) -> GatewayResult:
         """One gateway call under a timeout, mapped onto the outcome taxonomy."""
+        # A status lookup that could not be made says nothing about the original request:
+        # only the gateway's own "no such request" answer may come back as NOT_SENT, because
+        # NOT_SENT after a lookup lets the engine route the payment elsewhere.
+        unreachable = Outcome.UNKNOWN if operation is Operation.STATUS else Outcome.NOT_SENT
         gateway = self._gateways.get(gateway_name)
         if gateway is None:
             # The gateway's plugin is gone (uninstalled, denied). Nothing was sent.
-            return GatewayResult(
-                Outcome.NOT_SENT, message=f"gateway {gateway_name!r} is not registered"
-            )
+            return GatewayResult(unreachable, message=f"gateway {gateway_name!r} is not registered")
         call = None
         if self.hooks.wants_gateway_calls:
             call = GatewayCall(
@@ -761,7 +834,7 @@ class PaymentService:
         except TimeoutError:
             result = GatewayResult(Outcome.UNKNOWN, message=f"no answer within {timeout:g}s")
         except GatewayNotSent as exc:
-            result = GatewayResult(Outcome.NOT_SENT, message=str(exc))
+            result = GatewayResult(unreachable, message=str(exc))
         except Exception as exc:  # it may have been sent: only a status lookup can tell
             log.warning(
                 "gateway %s %s raised %s", gateway_name, operation.value, type(exc).__name__
@@ -773,6 +846,15 @@ class PaymentService:
             )
         if call is not None:
             await self.hooks.after_gateway_call(call, result, (time.perf_counter() - began) * 1000)
+        if _gateway_log.isEnabledFor(logging.DEBUG):
+            _gateway_log.debug(
+                "gateway=%s operation=%s payment_id=%s attempt=%s outcome=%s",
+                gateway_name,
+                operation.value,
+                request.payment_id,
+                attempt_no,
+                result.outcome.value,
+            )
         return result
 
 

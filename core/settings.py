@@ -11,7 +11,7 @@ File (``aegispay.toml`` in the working directory, or ``--config PATH``)::
     deny = ["some_plugin"]
 
     [plugins.fraud_rules]        # a plugin's own section, named after the plugin
-    review_above = "5000.00 USD"
+    review_above = { USD = "5000.00" }
 
 Environment variables override the file: ``AEGISPAY_STORE``, ``AEGISPAY_ENGINE__GATEWAY_TIMEOUT_S``,
 ``AEGISPAY_PLUGINS__DENY=a,b``, ``AEGISPAY_PLUGINS__FRAUD_RULES__REVIEW_ABOVE=...``; a double
@@ -156,6 +156,17 @@ def _describe(exc: BaseException, expected: Any) -> str:
     return f"expected {name}"
 
 
+_SECRET_WORDS = ("key", "secret", "token", "password", "passwd", "credential", "auth")
+
+
+def _shown(path: str, value: Any) -> str:
+    """The value for an error message, unless its key looks like it holds a secret."""
+    leaf = path.rsplit(".", 1)[-1].lower()
+    if any(word in leaf for word in _SECRET_WORDS):
+        return "(value hidden)"
+    return f"(got {value!r})"
+
+
 def structure_config(data: Mapping[str, Any], cls: type[T], where: str) -> T:
     """``data`` as ``cls``; errors name the key, the value and what was expected."""
     try:
@@ -166,7 +177,7 @@ def structure_config(data: Mapping[str, Any], cls: type[T], where: str) -> T:
             problem, _, path = line.rpartition(" @ ")
             value = _lookup(data, path[len(where) :])
             quiet = problem.startswith(("unknown key", "required")) or isinstance(value, Mapping)
-            got = "" if quiet else f" (got {value!r})"
+            got = "" if quiet else f" {_shown(path, value)}"
             messages.append(f"{path}: {problem}{got}")
         raise ConfigError("invalid configuration: " + "; ".join(messages)) from None
 

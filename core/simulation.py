@@ -57,19 +57,22 @@ class PaymentSpec:
 
 def generate(options: SimulationOptions) -> Iterator[PaymentSpec]:
     rng = random.Random(options.seed)
-    codes = [c for c, _ in CURRENCY_MIX]
-    weights = [w for _, w in CURRENCY_MIX]
+    random_ = rng.random
+    total = sum(weight for _, weight in CURRENCY_MIX)
+    # (cumulative share, code, 10**exponent): one random() picks a currency.
+    mix, running = [], 0
+    for code, weight in CURRENCY_MIX:
+        running += weight
+        mix.append((running / total, code, 10 ** Money.zero(code).exponent))
     customers = max(50, options.payments // 5)
     for i in range(options.payments):
-        currency = rng.choices(codes, weights)[0]
-        amount = Money(
-            rng.randint(100, 50_000) * 10 ** Money.zero(currency).exponent // 100, currency
-        )
-        if amount.minor == 0:
-            amount = Money(1, currency)
-        blocked = rng.random() < 0.005
-        customer = f"cus_blocked_{i % 3}" if blocked else f"cus_{rng.randrange(customers)}"
-        roll = rng.random()
+        pick = random_()
+        _, currency, unit = next(entry for entry in mix if pick < entry[0])
+        # 1.00 to 500.00 in major units, whole cents (whole units without decimals).
+        amount = Money(max(1, int(100 + random_() * 49_900) * unit // 100), currency)
+        blocked = random_() < 0.005
+        customer = f"cus_blocked_{i % 3}" if blocked else f"cus_{int(random_() * customers)}"
+        roll = random_()
         refund = (
             "partial"
             if roll < options.refund_share / 2
@@ -85,8 +88,8 @@ def generate(options: SimulationOptions) -> Iterator[PaymentSpec]:
             ),
             key=f"sim-{options.seed}-{i}",
             refund=refund,
-            resend=rng.random() < options.retry_share,
-            approve=rng.random() < options.approve_share,
+            resend=random_() < options.retry_share,
+            approve=random_() < options.approve_share,
         )
 
 

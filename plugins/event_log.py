@@ -1,5 +1,6 @@
 """A structured logging listener: one line per committed event on the ``aegispay.events``
-logger (INFO), and one per gateway call on ``aegispay.gateway`` (DEBUG).
+logger (INFO). (Gateway calls are logged by the engine itself on ``aegispay.gateway`` at
+DEBUG, so the per-call path pays nothing for it when DEBUG is off.)
 
 Lines carry ids, types, amounts and outcomes; never metadata, payment-method tokens or
 anything else a merchant might consider personal or secret.
@@ -13,10 +14,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from aegispay.events import Event
-from aegispay.gateways import GatewayResult
 from aegispay.hookspecs import hookimpl
 from aegispay.money import Money
-from aegispay.observe import GatewayCall
 
 _SAFE_FIELDS = (
     "attempt_no",
@@ -35,7 +34,6 @@ _SAFE_FIELDS = (
 class EventLogPlugin:
     def __init__(self, config: Mapping[str, Any]) -> None:
         self.events = logging.getLogger("aegispay.events")
-        self.calls = logging.getLogger("aegispay.gateway")
 
     @hookimpl(trylast=True)
     def aegispay_on_event(self, event: Event) -> None:
@@ -57,21 +55,3 @@ class EventLogPlugin:
             if value is not None:
                 record[field] = getattr(value, "value", value)
         self.events.info(json.dumps(record, sort_keys=True))
-
-    @hookimpl(trylast=True)
-    def aegispay_after_gateway_call(
-        self, call: GatewayCall, result: GatewayResult, elapsed_ms: float
-    ) -> None:
-        if self.calls.isEnabledFor(logging.DEBUG):
-            self.calls.debug(
-                json.dumps(
-                    {
-                        "gateway": call.gateway,
-                        "operation": call.operation.value,
-                        "payment_id": call.payment_id,
-                        "attempt_no": call.attempt_no,
-                        "outcome": result.outcome.value,
-                        "elapsed_ms": round(elapsed_ms, 3),
-                    }
-                )
-            )

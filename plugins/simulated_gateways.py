@@ -191,7 +191,7 @@ class SimulatedGateway:
         if outcome is Outcome.NOT_SENT:
             return GatewayResult(Outcome.NOT_SENT, message="connection refused (simulated)")
         if outcome is Outcome.DECLINED:
-            code = _DECLINES[int(_unit(self._seed, "code", key) * len(_DECLINES))]
+            code = _DECLINES[int(_unit(self._seed, "code", draw_key) * len(_DECLINES))]
             result = GatewayResult(
                 Outcome.DECLINED, decline_code=code, message="declined (simulated)"
             )
@@ -211,7 +211,7 @@ class SimulatedGateway:
         self.ledger.answers[(self.name, key)] = result
         if outcome is Outcome.UNKNOWN:
             # Processed (or not, half the time) but the answer is lost on the way back.
-            if _unit(self._seed, "lost", key) < 0.5:
+            if _unit(self._seed, "lost", draw_key) < 0.5:
                 self._forget(result.reference)
                 del self.ledger.answers[(self.name, key)]
             self.ledger.unknown_keys.add(key)

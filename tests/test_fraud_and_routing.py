@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from typing import Any
 
 import pytest
@@ -40,7 +40,10 @@ def service_with(
     config: dict[str, dict[str, Any]] | None = None,
 ) -> PaymentService:
     settings = Settings(plugin_config=PluginConfig(config or {}))
-    return make_test_service(gateways=gateways, plugins=plugins, settings=settings)
+    service: PaymentService = make_test_service(
+        gateways=gateways, plugins=plugins, settings=settings
+    )
+    return service
 
 
 # -- test plugins ------------------------------------------------------------------------------
@@ -102,6 +105,20 @@ class AsyncRouter:
         if self.names is None:
             return None
         return RouteDecision(self.names, "async router", "async")
+
+
+class RoutingWrapper:
+    """A new-style wrapper around routing (e.g. for tracing): it changes nothing."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @hookimpl(wrapper=True)
+    def aegispay_select_gateway(
+        self, payment: Payment, candidates: Sequence[str], context: HookContext
+    ) -> Generator[None, Any, Any]:
+        self.calls += 1
+        return (yield)
 
 
 class FieldValidator:
@@ -288,6 +305,24 @@ async def test_async_router_abstaining_falls_back_to_the_priority_router() -> No
         payment = await service.pay(request())
     assert router.awaited == 1
     assert payment.gateway == "b"
+
+
+@pytest.mark.parametrize("abstain", [False, True], ids=["decides", "abstains"])
+async def test_async_router_is_honoured_when_a_routing_wrapper_is_present(abstain: bool) -> None:
+    a, b, c = ScriptedGateway("a"), ScriptedGateway("b"), ScriptedGateway("c")
+    router = AsyncRouter(None if abstain else ("b",))
+    wrapper = RoutingWrapper()
+    # Priority order (used when the async router abstains): c first.
+    config = {"priority_routing": {"order": ["c", "a", "b"]}}
+    service = service_with([a, b, c], [router, wrapper], config=config)
+    async with service:
+        payment = await service.pay(request())
+    assert router.awaited == 1
+    # A wrapper wraps each implementation call on its own (see aegispay.hooks._Caller): once
+    # around the async router, and once more around the priority router when it abstains.
+    assert wrapper.calls == (2 if abstain else 1)
+    assert payment.state is S.COMPLETED
+    assert payment.gateway == ("c" if abstain else "b")
 
 
 async def test_router_only_sees_gateways_supporting_the_currency() -> None:

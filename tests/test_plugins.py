@@ -54,7 +54,7 @@ BUILTIN_HOOKS: dict[str, tuple[str, ...]] = {
     "validation": ("aegispay_validate_payment",),
     "fraud_rules": ("aegispay_check_fraud",),
     "priority_routing": ("aegispay_select_gateway",),
-    "event_log": ("aegispay_after_gateway_call", "aegispay_on_event"),
+    "event_log": ("aegispay_on_event",),
 }
 
 
