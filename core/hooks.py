@@ -68,6 +68,11 @@ class _Caller:
                         return results
                     return results[0] if results else None
 
+            elif tuple(impl.argnames) == params:  # the usual case: every argument, in order
+
+                def call(args: tuple[Any, ...], _f: Any = impl.function) -> Any:
+                    return _f(*args)
+
             else:
                 indexes = tuple(params.index(arg) for arg in impl.argnames)
 

@@ -297,10 +297,12 @@ class PaymentService:
         return await self._locked("process", payment_id, self._process)
 
     async def _process(self, payment: Payment, lease: Lease) -> Payment:
-        if payment.unresolved_attempt is not None:
-            return await self._resolve(payment, lease)
+        # A pending operation first: a void asked for while a 3-D Secure attempt was open
+        # must be settled before that attempt is, or the two would race to the final state.
         if payment.pending is not None:
             return await self._run_pending(payment, lease)
+        if payment.unresolved_attempt is not None:
+            return await self._resolve(payment, lease)
         if payment.state is S.AUTHORIZED and payment.capture_mode == "automatic":
             # An automatic capture that did not happen (not sent, declined): try it again.
             return await self._capture(payment, lease, None)
@@ -519,10 +521,10 @@ class PaymentService:
         return await self._locked("sync", payment_id, self._sync)
 
     async def _sync(self, payment: Payment, lease: Lease) -> Payment:
+        if payment.pending is not None:  # first, as in _process
+            return await self._run_pending(payment, lease)
         if payment.unresolved_attempt is not None:
             return await self._resolve(payment, lease)
-        if payment.pending is not None:
-            return await self._run_pending(payment, lease)
         return payment
 
     # -- capture, cancel, refund ------------------------------------------------------------

@@ -6,7 +6,8 @@ The relay is driven directly (``publish_pending`` / ``drain``) wherever timing w
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
+from typing import Any
 
 import anyio
 import pytest
@@ -101,6 +102,14 @@ class AsyncSyncRecorder:
         self.event_ids.append(event.event_id)
 
 
+class PassThroughWrapper:
+    """A new-style wrapper around the event hook (e.g. for tracing): it changes nothing."""
+
+    @hookimpl(wrapper=True)
+    def aegispay_on_event(self, event: ev.Event) -> Generator[None, Any, Any]:
+        return (yield)
+
+
 class FlakySink:
     """Fails while ``failures_left`` > 0; records every delivery it was handed."""
 
@@ -185,7 +194,7 @@ async def test_background_relay_delivers_every_event_in_per_payment_order() -> N
 
 async def test_raising_listener_never_changes_state_and_the_relay_keeps_going() -> None:
     exploding = ExplodingListener()
-    service, recorder = recorded_service(exploding)
+    service, _ = recorded_service(exploding)
     async with service:
         first = await service.pay(request())
         refunded = await service.refund(first.id, Money(100, "USD"))
@@ -206,13 +215,16 @@ async def test_raising_listener_never_changes_state_and_the_relay_keeps_going() 
     "exploding_first", [True, False], ids=["exploding-first", "exploding-last"]
 )
 @pytest.mark.parametrize("flavour", ["sync", "async"])
+@pytest.mark.parametrize("wrapped", [False, True], ids=["plain", "wrapped"])
 async def test_raising_listener_does_not_silence_other_listeners(
-    exploding_first: bool, flavour: str
+    exploding_first: bool, flavour: str, wrapped: bool
 ) -> None:
     exploding = ExplodingListener() if flavour == "sync" else AsyncExplodingListener()
     quiet = SyncRecorder() if flavour == "sync" else AsyncSyncRecorder()
     # pluggy calls the plugin registered last first.
-    plugins = [quiet, exploding] if exploding_first else [exploding, quiet]
+    plugins: list[object] = [quiet, exploding] if exploding_first else [exploding, quiet]
+    if wrapped:
+        plugins.append(PassThroughWrapper())
     service = make_test_service(gateways=[ScriptedGateway()], plugins=plugins)
     payment = await service.pay(request())
     await service.relay.drain()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 from aegispay import (
+    CaptureRequest,
     GatewayDeclined,
     GatewayResult,
     GatewayUnavailable,
@@ -57,10 +59,37 @@ class LostRefundAnswerGateway(ScriptedGateway):
         return result
 
 
+class LostCaptureAnswerGateway(ScriptedGateway):
+    """Idempotent captures (a repeated key gets the first answer, nothing is captured again),
+    and the answer to the first capture is lost after the gateway captured."""
+
+    def __init__(self, name: str = "scripted") -> None:
+        super().__init__(name)
+        self.answers_to_lose = 1
+
+    async def capture(self, request: CaptureRequest) -> GatewayResult:
+        if request.idempotency_key in self.answers:
+            self._record(
+                Operation.CAPTURE, request.payment_id, request.idempotency_key, request.amount.minor
+            )
+            return self.answers[request.idempotency_key]
+        result = await super().capture(request)
+        self.answers[request.idempotency_key] = result
+        if self.answers_to_lose:
+            self.answers_to_lose -= 1
+            return GatewayResult(Outcome.UNKNOWN, message="read timeout")
+        return result
+
+
 async def authorized_payment(service: PaymentService, minor: int = 1000) -> Payment:
     payment = await service.pay(request(minor, capture_mode="manual"))
     assert payment.state is S.AUTHORIZED
     return payment
+
+
+def same_but_for_version(before: Payment, after: Payment) -> Payment:
+    """``before`` as it would read after events that record facts but change nothing else."""
+    return attrs.evolve(before, version=after.version, updated_at=after.updated_at)
 
 
 # -- create and process ----------------------------------------------------------------------
@@ -128,10 +157,20 @@ async def test_manual_capture_authorises_then_captures_in_full() -> None:
         assert authorized.id not in gateway.captured
 
         payment = await service.capture(authorized.id)
+        history = await service.payment_history(authorized.id)
 
     assert payment.state is S.COMPLETED
     assert payment.captured_amount == usd(1000)
-    assert payment.version == authorized.version + 1
+    assert payment.pending is None
+    # The intent first, then the result.
+    assert payment.version == authorized.version + 2
+    requested, completed = history[-2:]
+    assert isinstance(requested, ev.CaptureRequested)
+    assert isinstance(completed, ev.PaymentCompleted)
+    assert requested.amount == completed.amount == usd(1000)
+    key = f"{authorized.id}-capture-{authorized.version + 1}"
+    assert requested.idempotency_key == completed.idempotency_key == key
+    assert ops(gateway, Operation.CAPTURE) == [key]
     assert gateway.captured[payment.id] == 1000
     assert gateway.charge_count(payment.id) == 1
 
@@ -192,15 +231,22 @@ async def test_cancel_authorised_payment_voids_at_the_gateway() -> None:
     service = make_test_service(gateways=[gateway])
     async with service:
         authorized = await authorized_payment(service)
-        payment = await service.cancel(authorized.id)
+        payment = await service.cancel(authorized.id, reason="out of stock")
         history = await service.payment_history(authorized.id)
 
     assert payment.state is S.CANCELLED
+    assert payment.pending is None
+    assert payment.version == authorized.version + 2
     assert authorized.id in gateway.voided
-    assert ops(gateway, Operation.VOID) == [f"{authorized.id}-void-v{authorized.version}"]
-    last = history[-1]
+    key = f"{authorized.id}-void-{authorized.version + 1}"
+    assert ops(gateway, Operation.VOID) == [key]
+    requested, last = history[-2:]
+    assert isinstance(requested, ev.VoidRequested)
+    assert requested.idempotency_key == key
+    assert requested.reason == "out of stock"
     assert isinstance(last, ev.PaymentCancelled)
     assert last.voided is True
+    assert last.reason == "out of stock"
 
 
 async def test_declined_void_leaves_the_payment_authorised() -> None:
@@ -350,19 +396,26 @@ async def test_declined_refund_records_refund_failed_and_raises() -> None:
     assert raised.value.operation == "refund"
     assert raised.value.code == "insufficient_balance"
     assert stored.state is S.COMPLETED
-    assert stored.version == paid.version + 1
+    assert stored.version == paid.version + 2  # RefundRequested, RefundFailed
+    assert stored.pending is None
     assert stored.refunded_amount == usd(0)
-    failed = history[-1]
+    requested, failed = history[-2:]
+    assert isinstance(requested, ev.RefundRequested)
+    assert requested.amount == usd(400)
+    assert requested.idempotency_key == f"{paid.id}-refund-1"
     assert isinstance(failed, ev.RefundFailed)
     assert failed.code == "insufficient_balance"
     assert failed.amount == usd(400)
+    assert failed.idempotency_key == f"{paid.id}-refund-1"
     assert [r.succeeded for r in stored.refunds] == [False]
     assert retried.state is S.PARTIALLY_REFUNDED
     assert retried.refunded_amount == usd(400)
+    assert [r.succeeded for r in retried.refunds] == [False, True]
+    assert ops(gateway, Operation.REFUND) == [f"{paid.id}-refund-1", f"{paid.id}-refund-2"]
     assert gateway.refunded[paid.id] == 400
 
 
-async def test_not_sent_capture_raises_gateway_unavailable_and_writes_nothing() -> None:
+async def test_not_sent_capture_raises_gateway_unavailable_and_moves_no_money() -> None:
     gateway = ScriptedGateway(script={Operation.CAPTURE: [Outcome.NOT_SENT]})
     service = make_test_service(gateways=[gateway])
     async with service:
@@ -370,14 +423,29 @@ async def test_not_sent_capture_raises_gateway_unavailable_and_writes_nothing() 
         with pytest.raises(GatewayUnavailable) as raised:
             await service.capture(authorized.id)
         stored = await service.get_payment(authorized.id)
+        history = await service.payment_history(authorized.id)
         # Safe to retry: nothing happened.
         captured = await service.capture(authorized.id)
 
     assert raised.value.payment_id == authorized.id
     assert raised.value.operation == "capture"
-    assert stored == authorized
+    # The intent and its dropping are recorded; nothing else changed.
+    assert stored.version == authorized.version + 2
+    requested, dropped = history[-2:]
+    assert isinstance(requested, ev.CaptureRequested)
+    assert isinstance(dropped, ev.OperationNotSent)
+    assert dropped.operation == "capture"
+    assert dropped.idempotency_key == requested.idempotency_key
+    assert stored.pending is None
+    assert stored == same_but_for_version(authorized, stored)
+    assert stored.captured_amount == usd(0)
     assert captured.state is S.COMPLETED
+    assert captured.captured_amount == usd(1000)
     assert gateway.captured[authorized.id] == 1000
+    # The retry is a new capture with a new key.
+    first, second = ops(gateway, Operation.CAPTURE)
+    assert first == requested.idempotency_key
+    assert second == f"{authorized.id}-capture-{stored.version + 1}"
 
 
 async def test_unknown_refund_is_retried_with_the_same_key_and_refunds_once() -> None:
@@ -392,7 +460,15 @@ async def test_unknown_refund_is_retried_with_the_same_key_and_refunds_once() ->
 
     assert raised.value.payment_id == paid.id
     assert raised.value.operation == "refund"
-    assert unchanged == paid
+    # Only the intent is recorded: no money moved in the projection, the refund is pending.
+    assert unchanged.version == paid.version + 1
+    assert unchanged.pending is not None
+    assert unchanged.pending.kind == "refund"
+    assert unchanged.pending.amount == usd(250)
+    assert unchanged.pending.idempotency_key == f"{paid.id}-refund-1"
+    assert attrs.evolve(unchanged, pending=None) == same_but_for_version(paid, unchanged)
+    assert refunded.version == paid.version + 2
+    assert refunded.pending is None
     keys = ops(gateway, Operation.REFUND)
     assert keys == [f"{paid.id}-refund-1", f"{paid.id}-refund-1"]
     # The gateway acted on the first call; the retry got its stored answer, not a new refund.
@@ -400,3 +476,99 @@ async def test_unknown_refund_is_retried_with_the_same_key_and_refunds_once() ->
     assert refunded.state is S.PARTIALLY_REFUNDED
     assert refunded.refunded_amount == usd(250)
     assert [r.idempotency_key for r in refunded.refunds] == [f"{paid.id}-refund-1"]
+
+
+async def test_unknown_capture_is_retried_with_the_same_key_and_captures_once() -> None:
+    gateway = LostCaptureAnswerGateway()
+    service = make_test_service(gateways=[gateway])
+    async with service:
+        authorized = await authorized_payment(service, 1000)
+        with pytest.raises(OutcomeUnknown) as raised:
+            await service.capture(authorized.id, usd(600))
+        unchanged = await service.get_payment(authorized.id)
+        captured = await service.capture(authorized.id, usd(600))
+
+    assert raised.value.operation == "capture"
+    assert unchanged.state is S.AUTHORIZED
+    assert unchanged.version == authorized.version + 1
+    assert unchanged.pending is not None
+    assert unchanged.pending.kind == "capture"
+    assert unchanged.pending.amount == usd(600)
+    assert attrs.evolve(unchanged, pending=None) == same_but_for_version(authorized, unchanged)
+    keys = ops(gateway, Operation.CAPTURE)
+    assert len(keys) == 2
+    assert keys[0] == keys[1] == unchanged.pending.idempotency_key
+    assert captured.version == authorized.version + 2
+    assert captured.pending is None
+    assert captured.state is S.COMPLETED
+    assert captured.captured_amount == usd(600) == usd(gateway.captured[authorized.id])
+
+
+async def test_unknown_refund_retried_with_another_amount_is_refused() -> None:
+    """The first refund (250) reached the gateway but its answer was lost. A retry with a
+    different amount would reuse the same idempotency key, so the gateway would replay
+    "refunded 250": the engine refuses the different amount and writes nothing; a retry with
+    the same amount (or none) refunds exactly the first amount, once."""
+    gateway = LostRefundAnswerGateway()
+    service = make_test_service(gateways=[gateway])
+    async with service:
+        paid = await service.pay(request(1000))
+        with pytest.raises(OutcomeUnknown):
+            await service.refund(paid.id, usd(250))
+        pending = await service.get_payment(paid.id)
+        with pytest.raises(OperationNotAllowed) as raised:
+            await service.refund(paid.id, usd(400))
+        after_refusal = await service.get_payment(paid.id)
+        calls_after_refusal = len(ops(gateway, Operation.REFUND))
+        refunded = await service.refund(paid.id)  # no amount: the pending one
+        stored = await service.get_payment(paid.id)
+
+    assert raised.value.payment_id == paid.id
+    assert str(usd(250)) in str(raised.value)
+    assert after_refusal == pending
+    assert calls_after_refusal == 1  # the refused retry called nothing
+    assert refunded == stored
+    assert stored.state is S.PARTIALLY_REFUNDED
+    assert stored.pending is None
+    assert [(r.amount, r.succeeded) for r in stored.refunds] == [(usd(250), True)]
+    assert stored.refunded_amount.minor == gateway.refunded[paid.id] == 250
+    assert ops(gateway, Operation.REFUND) == [f"{paid.id}-refund-1"] * 2
+
+
+async def test_unknown_capture_retried_with_another_amount_matches_the_gateway() -> None:
+    """As for refunds: the lost capture of 600 is replayed by the gateway for the same key, so
+    the engine must not record a capture of 1000."""
+    gateway = LostCaptureAnswerGateway()
+    service = make_test_service(gateways=[gateway])
+    async with service:
+        authorized = await authorized_payment(service, 1000)
+        with pytest.raises(OutcomeUnknown):
+            await service.capture(authorized.id, usd(600))
+        with pytest.raises(OperationNotAllowed):
+            await service.capture(authorized.id, usd(1000))  # the full amount this time
+        # No amount means "the pending capture": it settles the capture of 600.
+        await service.capture(authorized.id)
+        stored = await service.get_payment(authorized.id)
+
+    assert stored.state is S.COMPLETED
+    assert stored.captured_amount.minor == gateway.captured[authorized.id] == 600
+
+
+async def test_automatic_capture_not_sent_leaves_an_authorised_payment_to_capture() -> None:
+    gateway = ScriptedGateway(
+        capture_on_authorize=False, script={Operation.CAPTURE: [Outcome.NOT_SENT]}
+    )
+    service = make_test_service(gateways=[gateway])
+    async with service:
+        created = await service.create_payment(request(800))
+        with pytest.raises(GatewayUnavailable):
+            await service.process_payment(created.id)
+        authorized = await service.get_payment(created.id)
+        captured = await service.capture(created.id)
+
+    assert authorized.state is S.AUTHORIZED
+    assert authorized.capture_mode == "automatic"
+    assert captured.state is S.COMPLETED
+    assert captured.captured_amount == usd(800)
+    assert gateway.charge_count(created.id) == 1
+    assert gateway.captured[created.id] == 800

@@ -42,7 +42,10 @@ def routed(
     config = PluginConfig({"priority_routing": {"order": [g.name for g in gateways]}})
     settings = Settings(engine=engine or EngineSettings(), plugin_config=config)
     # Registered in reverse, so only the configured order can put them right.
-    return make_test_service(gateways=list(reversed(gateways)), settings=settings)
+    service: PaymentService = make_test_service(
+        gateways=list(reversed(gateways)), settings=settings
+    )
+    return service
 
 
 def request(minor: int = 1000, **fields: object) -> PaymentRequest:

@@ -696,7 +696,7 @@ def test_event_defaults() -> None:
 
 def test_core_event_types_have_their_own_unique_names() -> None:
     names = [t.type_name for t in ev.CORE_EVENT_TYPES]
-    assert len(set(names)) == len(names) == 13
+    assert len(set(names)) == len(names) == 17
     for event_type in ev.CORE_EVENT_TYPES:
         assert issubclass(event_type, ev.Event)
         assert event_type.type_name == event_type.__name__

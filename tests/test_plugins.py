@@ -160,8 +160,16 @@ def example_install(tmp_path_factory: pytest.TempPathFactory) -> PipInstall:
     )
     site = tmp_path_factory.mktemp("example-site")
     command = (
-        sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
-        "--no-index", "--target", str(site), str(source),
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--no-deps",
+        "--no-build-isolation",
+        "--no-index",
+        "--target",
+        str(site),
+        str(source),
     )
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
     proc = subprocess.run(
@@ -355,8 +363,13 @@ async def test_service_runs_despite_broken_plugin(
     tmp_path: Path, on_sys_path: Callable[[Path], None]
 ) -> None:
     _, source, _ = BROKEN_PLUGINS["wrong_hook_arguments"]
-    write_dist(tmp_path, "acme-broken", "1.0", {"acme_broken": "acme_broken_mod"},
-               {"acme_broken_mod": source})
+    write_dist(
+        tmp_path,
+        "acme-broken",
+        "1.0",
+        {"acme_broken": "acme_broken_mod"},
+        {"acme_broken_mod": source},
+    )
     on_sys_path(tmp_path)
     gateway = ScriptedGateway()
     service = build_service(plugins=[GatewaysPlugin([gateway])])
@@ -422,14 +435,26 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyP
 @pytest.mark.parametrize(
     ("variable", "value", "expected"),
     [
-        ("AEGISPAY_PLUGINS__DENY", "fraud_rules",
-         ["simulated_gateways", "validation", "priority_routing", "event_log"]),
-        ("AEGISPAY_PLUGINS__DENY", "fraud_rules, event_log",
-         ["simulated_gateways", "validation", "priority_routing"]),
-        ("AEGISPAY_PLUGINS__DENY", '["fraud_rules"]',
-         ["simulated_gateways", "validation", "priority_routing", "event_log"]),
-        ("AEGISPAY_PLUGINS__ALLOW", "validation,priority_routing",
-         ["validation", "priority_routing"]),
+        (
+            "AEGISPAY_PLUGINS__DENY",
+            "fraud_rules",
+            ["simulated_gateways", "validation", "priority_routing", "event_log"],
+        ),
+        (
+            "AEGISPAY_PLUGINS__DENY",
+            "fraud_rules, event_log",
+            ["simulated_gateways", "validation", "priority_routing"],
+        ),
+        (
+            "AEGISPAY_PLUGINS__DENY",
+            '["fraud_rules"]',
+            ["simulated_gateways", "validation", "priority_routing", "event_log"],
+        ),
+        (
+            "AEGISPAY_PLUGINS__ALLOW",
+            "validation,priority_routing",
+            ["validation", "priority_routing"],
+        ),
     ],
 )
 def test_env_allow_deny_through_settings_and_build_service(
@@ -504,9 +529,7 @@ class AsyncFixedRouter(FixedRouter):
 async def test_builtin_priority_router_alone_picks_first_registered() -> None:
     """The control for the next test: without a third-party router, gateway "a" is used."""
     a, b = ScriptedGateway("a"), ScriptedGateway("b")
-    service = build_service(
-        plugins={"gateways": GatewaysPlugin([a, b])}, entry_points=False
-    )
+    service = build_service(plugins={"gateways": GatewaysPlugin([a, b])}, entry_points=False)
     async with service:
         payment = await service.pay(usd())
     assert payment.gateway == "a"
@@ -708,8 +731,13 @@ async def test_unmarked_hook_function_in_plugin_module_is_registered(
         def helper():
             return 1
     """
-    write_dist(tmp_path, "acme-unmarked", "0.3", {"acme_unmarked": "acme_unmarked_mod"},
-               {"acme_unmarked_mod": source})
+    write_dist(
+        tmp_path,
+        "acme-unmarked",
+        "0.3",
+        {"acme_unmarked": "acme_unmarked_mod"},
+        {"acme_unmarked_mod": source},
+    )
     on_sys_path(tmp_path)
     gateway = ScriptedGateway()
     host = make_plugin_host(
@@ -746,7 +774,8 @@ def _specs() -> list[str]:
 
 def test_hook_names_lists_every_hookspec() -> None:
     marked = sorted(
-        name for name, value in vars(hookspecs).items()
+        name
+        for name, value in vars(hookspecs).items()
         if callable(value) and hasattr(value, f"{hookspecs.PROJECT_NAME}_spec")
     )
     assert sorted(_specs()) == marked
@@ -792,7 +821,12 @@ def run_plugins_json(cwd: Path, pythonpath: Sequence[Path] = ()) -> list[dict[st
         )
     proc = subprocess.run(
         [sys.executable, "-m", "aegispay", "plugins", "--json"],
-        capture_output=True, text=True, cwd=cwd, env=env, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=120,
+        check=False,
     )
     output = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     assert proc.returncode == 0, f"exit {proc.returncode}\n{output}"
@@ -848,8 +882,13 @@ async def test_testing_plugin_fixtures_are_auto_loaded(
     gateway = scripted_gateway("acme", script={Operation.AUTHORIZE: [Outcome.DECLINED]})
     recorder = Recorder()
     service = aegispay_service(plugins=[recorder], gateways=[gateway])
-    assert names(service.host) == ["validation", "fraud_rules", "priority_routing", "Recorder",
-                                   "GatewaysPlugin"]
+    assert names(service.host) == [
+        "validation",
+        "fraud_rules",
+        "priority_routing",
+        "Recorder",
+        "GatewaysPlugin",
+    ]
     async with service:
         declined = await service.pay(usd())
         completed = await service.pay(usd())

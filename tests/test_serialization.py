@@ -92,6 +92,23 @@ SAMPLES: list[ev.Event] = [
         code="expired",
         message="authorization expired",
     ),
+    ev.CaptureRequested(**COMMON, version=14, amount=Money(1234, "EUR"), idempotency_key="cap-3"),
+    ev.RefundRequested(
+        **COMMON,
+        version=15,
+        refund_no=3,
+        amount=Money(250, "KWD"),
+        idempotency_key="r-3",
+        reason="late delivery",
+    ),
+    ev.VoidRequested(**COMMON, version=16, idempotency_key="void-1", reason="out of stock"),
+    ev.OperationNotSent(
+        **COMMON,
+        version=17,
+        operation="refund",
+        idempotency_key="r-3",
+        message="connection refused",
+    ),
 ]
 
 

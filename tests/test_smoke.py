@@ -4,6 +4,7 @@ from aegispay.testing import ScriptedGateway, make_test_service
 
 pytestmark = pytest.mark.anyio
 
+
 async def test_pay_completes() -> None:
     gw = ScriptedGateway()
     service = make_test_service(gateways=[gw])
