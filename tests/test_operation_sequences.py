@@ -20,7 +20,6 @@ async service runs behind an anyio blocking portal (asyncio only).
 from __future__ import annotations
 
 import os
-
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection
 from contextlib import AbstractContextManager
