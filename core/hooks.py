@@ -33,6 +33,28 @@ async def await_me_maybe(value: Any) -> Any:
     return value
 
 
+_Call = Callable[[tuple[Any, ...]], Any]
+
+
+def _direct(function: Any, indexes: tuple[int, ...], params: tuple[str, ...]) -> _Call:
+    """Call ``function`` with the arguments it asks for (pluggy lets it take a subset)."""
+    if indexes == tuple(range(len(params))):  # the usual case: every argument, in order
+        return lambda args: function(*args)
+    return lambda args: function(*[args[i] for i in indexes])
+
+
+def _through_pluggy(subset: Any, params: tuple[str, ...], firstresult: bool) -> _Call:
+    """Call one implementation through a pluggy subset caller, so wrappers run around it."""
+
+    def call(args: tuple[Any, ...]) -> Any:
+        results = subset(**dict(zip(params, args, strict=True)))
+        if firstresult:
+            return results
+        return results[0] if results else None
+
+    return call
+
+
 class _Caller:
     """Calls one hook's implementations one by one, in pluggy's order, awaiting results.
 
@@ -55,32 +77,16 @@ class _Caller:
         impls = hook.get_hookimpls()
         plain = [impl for impl in reversed(impls) if not (impl.wrapper or impl.hookwrapper)]
         self.empty = not plain
-        calls: list[tuple[str, Callable[[tuple[Any, ...]], Any]]] = []
+        calls: list[tuple[str, _Call]] = []
         wrapped = len(plain) != len(impls)
         for impl in plain:
             if wrapped:
                 others = [i.plugin for i in plain if i is not impl]
-                subset = pm.subset_hook_caller(hook.name, others)
-
-                def call(args: tuple[Any, ...], _subset: Any = subset) -> Any:
-                    results = _subset(**dict(zip(params, args, strict=True)))
-                    if firstresult:
-                        return results
-                    return results[0] if results else None
-
-            elif tuple(impl.argnames) == params:  # the usual case: every argument, in order
-
-                def call(args: tuple[Any, ...], _f: Any = impl.function) -> Any:
-                    return _f(*args)
-
+                call = _through_pluggy(
+                    pm.subset_hook_caller(hook.name, others), params, firstresult
+                )
             else:
-                indexes = tuple(params.index(arg) for arg in impl.argnames)
-
-                def call(
-                    args: tuple[Any, ...], _f: Any = impl.function, _i: tuple[int, ...] = indexes
-                ) -> Any:
-                    return _f(*[args[i] for i in _i])
-
+                call = _direct(impl.function, tuple(params.index(a) for a in impl.argnames), params)
             calls.append((impl.plugin_name, call))
         self._calls = tuple(calls)
 

@@ -354,7 +354,7 @@ _APPLY: dict[type[ev.Event], Callable[[Payment, Any], Payment]] = {
 
 
 @cache
-def _handler(event_type: type[ev.Event]) -> Callable[[Payment, Any], Payment]:
+def _handler(event_type: type) -> Callable[[Payment, Any], Payment]:
     """The fold step for ``event_type``: its own, or that of the nearest core base class (a
     plugin may subclass a core event), or "no change" for a plugin's own event type."""
     for base in event_type.__mro__:
@@ -364,7 +364,8 @@ def _handler(event_type: type[ev.Event]) -> Callable[[Payment, Any], Payment]:
 
 
 def _apply(p: Payment, e: ev.Event) -> Payment:
-    return _handler(type(e))(p, e)
+    event_type: type = type(e)  # a class object is hashable, whatever its instances are
+    return _handler(event_type)(p, e)
 
 
 def replay(events: Iterable[ev.Event]) -> Payment | None:

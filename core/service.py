@@ -703,13 +703,24 @@ class PaymentService:
             )
         elif pending.kind == "refund":
             assert pending.amount is not None
-            refund = {"refund_no": pending.number, "amount": pending.amount, "idempotency_key": key}
             event = (
                 ev.RefundSucceeded(
-                    **common, **refund, gateway_reference=result.reference, reason=pending.reason
+                    **common,
+                    refund_no=pending.number,
+                    amount=pending.amount,
+                    idempotency_key=key,
+                    gateway_reference=result.reference,
+                    reason=pending.reason,
                 )
                 if succeeded
-                else ev.RefundFailed(**common, **refund, code=code, message=result.message)
+                else ev.RefundFailed(
+                    **common,
+                    refund_no=pending.number,
+                    amount=pending.amount,
+                    idempotency_key=key,
+                    code=code,
+                    message=result.message,
+                )
             )
         elif succeeded:
             event = ev.PaymentCancelled(**common, reason=pending.reason or "", voided=True)

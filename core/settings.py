@@ -36,6 +36,11 @@ from .errors import ConfigError
 
 T = TypeVar("T")
 ENV_PREFIX = "AEGISPAY_"
+# Variables with the prefix that are not settings: the config file's path, and the test
+# suite's own switches (``AEGISPAY_TEST_*``). Any other AEGISPAY_* variable must be a setting,
+# so a misspelt one is an error rather than silently ignored.
+NOT_SETTINGS = frozenset({"AEGISPAY_CONFIG"})
+TEST_PREFIX = "AEGISPAY_TEST_"
 DEFAULT_FILE = "aegispay.toml"
 
 
@@ -191,7 +196,7 @@ def _env_value(raw: str) -> Any:
 
 def _merge_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
     for name, raw in sorted(env.items()):
-        if not name.startswith(ENV_PREFIX) or name == "AEGISPAY_CONFIG":
+        if not name.startswith(ENV_PREFIX) or name in NOT_SETTINGS or name.startswith(TEST_PREFIX):
             continue
         path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
         target = data

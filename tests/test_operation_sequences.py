@@ -437,7 +437,7 @@ class PaymentOperations(RuleBasedStateMachine):
 
 
 PaymentOperations.TestCase.settings = settings(
-    max_examples=int(os.environ.get("AEGISPAY_HYPOTHESIS_EXAMPLES", "100")),
+    max_examples=int(os.environ.get("AEGISPAY_TEST_HYPOTHESIS_EXAMPLES", "100")),
     stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],

@@ -436,3 +436,15 @@ def test_plugin_config_copies_its_input() -> None:
     source["y"] = {}
     assert config.section("x") == {"key": "value"}
     assert config.names() == ["x"]
+
+
+def test_test_switches_and_the_config_path_are_not_settings(tmp_path: Path) -> None:
+    env = {"AEGISPAY_TEST_REQUIRE_SERVICES": "1", "AEGISPAY_CONFIG": str(tmp_path / "a.toml")}
+    (tmp_path / "a.toml").write_text('store = "memory://"\n')
+    assert load_settings(env=env).store == "memory://"
+
+
+def test_a_misspelt_aegispay_variable_is_an_error_not_ignored() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={"AEGISPAY_STOR": "memory://"})
+    assert "stor" in str(info.value)
