@@ -47,6 +47,8 @@ def combine_verdicts(verdicts: Sequence[FraudVerdict]) -> FraudVerdict:
     """Any DENY wins, then REVIEW; the score is the highest; reasons of the winners are joined."""
     if not verdicts:
         return FraudVerdict.allow(source="(no fraud checks)")
+    if len(verdicts) == 1:
+        return verdicts[0]
     worst = max(v.verdict for v in verdicts)
     winners = [v for v in verdicts if v.verdict == worst]
     return FraudVerdict(

@@ -115,6 +115,7 @@ class PaymentService:
         self._collect("aegispay_register_event_sinks", sinks, EventSink, config=True)
         self._collect_event_types()
         self.gateways: Mapping[str, Gateway] = MappingProxyType(self._gateways)
+        self._candidates: dict[str, list[str]] = {}  # currency -> gateways that take it
         self.relay = OutboxRelay(store, list(sinks.values()), self.hooks)
         store.on_commit(self.relay.notify)
         self._task_group: TaskGroup | None = None
@@ -336,18 +337,27 @@ class PaymentService:
         self, payment: Payment, context: HookContext, excluded: Sequence[str]
     ) -> RouteDecision:
         currency = payment.amount.currency
-        candidates = [
-            name
-            for name, gateway in self._gateways.items()
-            if name not in excluded and supports_currency(gateway, currency)
-        ]
+        candidates = self._candidates.get(currency)
+        if candidates is None:  # gateways are fixed once the service is built: cache
+            candidates = self._candidates[currency] = [
+                name
+                for name, gateway in self._gateways.items()
+                if supports_currency(gateway, currency)
+            ]
+        if excluded:
+            candidates = [name for name in candidates if name not in excluded]
         if not candidates:
             return RouteDecision((), f"no registered gateway supports {currency}")
-        decision = await self.hooks.select_gateway(payment, candidates, context)
+        # Routers get their own copy: what they do to it must not leak into the cache.
+        decision = await self.hooks.select_gateway(payment, list(candidates), context)
         if decision is None:
             return RouteDecision(tuple(candidates), "registration order", "default")
+        chosen = decision.gateways
         allowed = set(candidates)
-        chosen = tuple(dict.fromkeys(name for name in decision.gateways if name in allowed))
+        if len(set(chosen)) != len(chosen) or not allowed.issuperset(chosen):
+            chosen = tuple(dict.fromkeys(name for name in chosen if name in allowed))
+        else:
+            return decision  # the common case: a valid decision, used as it is
         if not chosen:
             return RouteDecision((), f"router chose none of {candidates}: {decision.reason}")
         return RouteDecision(chosen, decision.reason, decision.strategy)

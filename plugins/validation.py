@@ -47,6 +47,7 @@ class ValidationPlugin:
     def __init__(self, config: Mapping[str, Any]) -> None:
         self.config = structure_config(config, ValidationConfig, "plugins.validation")
         self._limits: dict[str, tuple[Money, Money | None]] = {}
+        self._currency_cache: dict[tuple[int, str], tuple[Mapping[str, Any], bool]] = {}
         for currency, limit in self.config.limits.items():
             where = f"plugins.validation.limits.{currency}"
             try:
@@ -57,6 +58,17 @@ class ValidationPlugin:
 
                 raise ConfigError(f"invalid configuration: {exc}") from None
             self._limits[currency] = (low, high)
+
+    def _accepted(self, gateways: Mapping[str, Any], currency: str) -> bool:
+        """Whether some gateway takes ``currency``; remembered per gateway set and currency
+        (a service's gateways do not change once it is built)."""
+        key = (id(gateways), currency)
+        cached = self._currency_cache.get(key)
+        # The entry keeps the mapping alive, so its id cannot be reused by another object.
+        if cached is None or cached[0] is not gateways:
+            cached = (gateways, any(supports_currency(g, currency) for g in gateways.values()))
+            self._currency_cache[key] = cached
+        return cached[1]
 
     @hookimpl(trylast=True)
     def aegispay_validate_payment(
@@ -71,7 +83,7 @@ class ValidationPlugin:
                 problems.append(Problem("amount", f"{amount} is below the minimum {low}"))
             if high is not None and amount.minor > high.minor:
                 problems.append(Problem("amount", f"{amount} is above the maximum {high}"))
-        if not any(supports_currency(g, amount.currency) for g in context.gateways.values()):
+        if not self._accepted(context.gateways, amount.currency):
             problems.append(
                 Problem("amount.currency", f"no registered gateway accepts {amount.currency}")
             )
