@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
+import attrs
 import click
 
 from .errors import AegisPayError
@@ -64,6 +65,12 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
     "--store", "store_url", default=None, help="Store URL (default: from settings; memory://)."
 )
 @click.option(
+    "--lock",
+    "lock_url",
+    default=None,
+    help="Lock URL: redis://host:6379/0 for workers sharing Redis (default: in-process).",
+)
+@click.option(
     "--latency-ms",
     type=click.FloatRange(min=0),
     default=None,
@@ -79,6 +86,7 @@ def simulate(
     seed: int,
     gateways: str | None,
     store_url: str | None,
+    lock_url: str | None,
     latency_ms: float | None,
     refund_share: float,
     as_json: bool,
@@ -88,6 +96,8 @@ def simulate(
     from .stack import build_service
 
     settings = _simulation_settings(_settings(ctx), seed, gateways, latency_ms, store_url)
+    if lock_url is not None:
+        settings = attrs.evolve(settings, lock=lock_url)
     service = build_service(settings)
     sim_plugin = service.host.plugin("simulated_gateways")
     ledger = getattr(sim_plugin, "ledger", None)
@@ -318,6 +328,36 @@ def _config_path(argv: list[str]) -> str | None:
         if arg.startswith("--config="):
             return arg.split("=", 1)[1]
     return None
+
+
+@cli.group()
+def db() -> None:
+    """Database schema commands for the SQL stores (SQLite, PostgreSQL)."""
+
+
+@db.command()
+@click.option("--store", "store_url", default=None, help="Store URL (default: from settings).")
+@click.pass_context
+def upgrade(ctx: click.Context, store_url: str | None) -> None:
+    """Create the tables AegisPay needs in the store's database (idempotent)."""
+    from .stack import open_store
+    from .urls import safe_url
+
+    url = store_url or _settings(ctx).store
+    store = open_store(url)
+    create = getattr(store, "create_schema", None)
+    if create is None:
+        click.echo(f"{safe_url(url)}: nothing to create (not a SQL store)")
+        return
+
+    async def run() -> None:
+        try:
+            await create()
+        finally:
+            await store.close()
+
+    anyio.run(run)
+    click.echo(f"{safe_url(url)}: schema ready")
 
 
 def _add_plugin_commands(argv: list[str]) -> None:

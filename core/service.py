@@ -116,6 +116,7 @@ class PaymentService:
         self._collect_event_types()
         self.gateways: Mapping[str, Gateway] = MappingProxyType(self._gateways)
         self._candidates: dict[str, list[str]] = {}  # currency -> gateways that take it
+        store.use_event_types(self.event_types)
         self.relay = OutboxRelay(store, list(sinks.values()), self.hooks)
         store.on_commit(self.relay.notify)
         self._task_group: TaskGroup | None = None

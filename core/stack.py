@@ -22,20 +22,39 @@ from .service import PaymentService, new_payment_id, utc_now
 from .settings import Settings
 from .store.base import PaymentStore
 from .store.memory import MemoryStore
+from .urls import safe_url
 
 
 def open_store(url: str) -> PaymentStore:
-    """A store for ``url``. ``memory://`` is built in; durable backends come with their URLs."""
+    """A store for ``url``: ``memory://`` (one process, nothing kept), ``sqlite:///path.db`` or
+    ``postgresql://user@host/db`` (SQLAlchemy; create the tables with ``aegispay db upgrade``)."""
     scheme = urlsplit(url).scheme
     if scheme == "memory":
         return MemoryStore()
-    raise ConfigError(f"store: unsupported URL scheme {scheme!r} in {url!r} (supported: memory://)")
+    if scheme.split("+")[0] in ("sqlite", "postgresql", "postgres"):
+        from .store.sql import SqlStore
+
+        return SqlStore(url)
+    raise ConfigError(
+        f"store: unsupported URL scheme {scheme!r} in {safe_url(url)!r} "
+        "(supported: memory://, sqlite:///path.db, postgresql://user@host/db)"
+    )
 
 
 def open_locks(url: str | None) -> LockManager:
-    if url is None or urlsplit(url).scheme in ("memory", ""):
+    """In-process locks when ``url`` is unset or ``memory://``; Redis for ``redis://`` and
+    ``rediss://`` (many workers on one Redis, with fencing tokens; asyncio only)."""
+    scheme = urlsplit(url).scheme if url else ""
+    if scheme in ("memory", ""):
         return MemoryLockManager()
-    raise ConfigError(f"lock: unsupported URL {url!r} (supported: memory://, or leave unset)")
+    if scheme in ("redis", "rediss"):
+        from .locks.redis import RedisLockManager
+
+        return RedisLockManager(url or "")
+    raise ConfigError(
+        f"lock: unsupported URL {safe_url(url or '')!r} (supported: memory://, redis://, "
+        "or leave unset)"
+    )
 
 
 def build_service(

@@ -17,6 +17,7 @@ import attrs
 from ..events import Event
 from ..outbox import OutboxMessage
 from ..payment import Payment
+from ..serialization import EventTypes
 
 
 @attrs.frozen
@@ -76,6 +77,10 @@ class PaymentStore(Protocol):
         """Count a failed delivery; park messages that reached ``max_attempts``."""
 
     async def outbox_parked(self) -> list[tuple[OutboxMessage, str]]: ...
+
+    def use_event_types(self, event_types: EventTypes) -> None:
+        """Decode stored events with this registry (the service's, including plugins' own
+        event types). Called once by the service that uses the store."""
 
     def on_commit(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` after each commit made through this store object (in-process

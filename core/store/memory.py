@@ -107,6 +107,9 @@ class MemoryStore:
     def outbox_size(self) -> int:
         return len(self._outbox)
 
+    def use_event_types(self, event_types: object) -> None:
+        """Nothing to do: events are kept as objects, never decoded."""
+
     def on_commit(self, callback: Callable[[], None]) -> None:
         self._listeners.append(callback)
 

@@ -1,0 +1,439 @@
+"""The SQL store: SQLite (aiosqlite) and PostgreSQL (asyncpg) on SQLAlchemy 2 Core, asyncio only.
+
+One ``commit`` is one database transaction: the projection row (optimistic version check plus
+fencing token in a single guarded ``UPDATE``), the idempotency row, the events and their outbox
+rows. Unique keys, not check-then-insert, decide every race: ``(payment_id, version)`` for the
+history, ``(scope, key)`` for idempotency. Driver errors never escape: they become
+:class:`~aegispay.errors.ConcurrencyConflict`, :class:`~aegispay.errors.StoreUnavailable` (whose
+message names the URL without its password) or :class:`~aegispay.errors.StoreError`.
+
+``create_schema()`` is ``metadata.create_all``; versioned Alembic migrations are a later step.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, nullcontext
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import asyncpg  # type: ignore[import-untyped]
+import sqlalchemy as sa
+from sqlalchemy import exc
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+from ..errors import (
+    AegisPayError,
+    ConcurrencyConflict,
+    ConfigError,
+    FencingTokenRejected,
+    StoreError,
+    StoreUnavailable,
+)
+from ..events import Event
+from ..outbox import OutboxMessage
+from ..payment import Payment
+from ..serialization import EventTypes, make_converter
+from ..urls import safe_url
+from .base import Change, IdempotencyClaimed, IdempotencyRecord
+
+_ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+_ALIASES = {"postgres": "postgresql"}
+
+
+def normalise_url(url: str) -> str:
+    """Plain ``sqlite://`` / ``postgresql://`` URLs get their asyncio driver; ``+driver`` kept."""
+    try:
+        parsed = make_url(url)
+    except exc.ArgumentError:
+        raise ConfigError(f"store: {safe_url(url)!r} is not a database URL") from None
+    name = parsed.drivername
+    if "+" in name:
+        return url
+    name = _ALIASES.get(name, name)
+    if name not in _ASYNC_DRIVERS:
+        raise ConfigError(
+            f"store: unsupported database {name!r} (supported: sqlite://, postgresql://)"
+        )
+    # Swap the scheme as text: re-rendering the URL would re-quote its parts (":memory:").
+    return _ASYNC_DRIVERS[name] + url[url.index(":") :]
+
+
+class _UtcDateTime(sa.TypeDecorator[datetime]):
+    """Timezone-aware in, timezone-aware out: SQLite keeps no zone, so store and read UTC."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+metadata = sa.MetaData()
+payments = sa.Table(
+    "payments",
+    metadata,
+    sa.Column("id", sa.String(255), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(32), nullable=False),
+    sa.Column("fence", sa.BigInteger, nullable=False),
+    sa.Column("data", sa.Text, nullable=False),
+)
+payment_events = sa.Table(
+    "payment_events",
+    metadata,
+    sa.Column("payment_id", sa.String(255), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("event_id", sa.String(300), nullable=False, unique=True),
+    sa.Column("type", sa.String(100), nullable=False),
+    sa.Column("occurred_at", _UtcDateTime, nullable=False),
+    sa.Column("data", sa.Text, nullable=False),
+)
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("message_id", sa.String(300), nullable=False, unique=True),
+    sa.Column("payment_id", sa.String(255), nullable=False),
+    sa.Column("sequence", sa.Integer, nullable=False),
+    sa.Column("data", sa.Text, nullable=False),
+    sa.Column("published_at", _UtcDateTime, nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("parked", sa.Boolean, nullable=False, default=False),
+)
+# The relay's query: unpublished, unparked, by seq.
+sa.Index("ix_outbox_pending", outbox.c.published_at, outbox.c.parked, outbox.c.seq)
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("scope", sa.String(255), primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("fingerprint", sa.String(255), nullable=False),
+    sa.Column("payment_id", sa.String(255), nullable=False),
+    sa.Column("response", sa.Text, nullable=False),
+    sa.Column("created_at", _UtcDateTime, nullable=False),
+    sa.Column("expires_at", _UtcDateTime, nullable=False),
+)
+
+_PENDING = sa.and_(outbox.c.published_at.is_(None), outbox.c.parked.is_(False))
+
+# Errors that mean "could not talk to the database" (nothing was written).
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    exc.OperationalError,
+    exc.InterfaceError,
+    exc.DisconnectionError,
+    exc.TimeoutError,
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+)
+
+
+class _Rejected(Exception):
+    """Inside a transaction: the projection or history key was taken. Rolls back; the caller
+    then reads the current row to say why (ConcurrencyConflict or FencingTokenRejected)."""
+
+
+class _Claimed(Exception):
+    """Inside a transaction: the idempotency key exists. Rolls back, then the record is read."""
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"), sort_keys=True)
+
+
+class SqlStore:
+    """A :class:`~aegispay.store.base.PaymentStore` on SQLite or PostgreSQL."""
+
+    def __init__(
+        self, url: str, event_types: EventTypes | None = None, *, schema: str | None = None
+    ) -> None:
+        self._url: URL = make_url(normalise_url(url))
+        self._event_types = event_types or EventTypes()
+        self._converter = make_converter()
+        self._listeners: list[Callable[[], None]] = []
+        self._sqlite = self._url.get_backend_name() == "sqlite"
+        memory = self._sqlite and self._url.database in (None, "", ":memory:")
+        options: dict[str, Any] = {}
+        if memory:
+            # One shared connection is the in-memory database; the lock keeps two tasks
+            # from interleaving transactions on it.
+            options.update(poolclass=StaticPool, connect_args={"check_same_thread": False})
+        if schema is not None:
+            if self._url.get_backend_name() != "postgresql":
+                raise ConfigError(f"store: schema={schema!r} is only supported on PostgreSQL")
+            options["connect_args"] = {"server_settings": {"search_path": schema}}
+        self._lock: anyio.Lock | None = anyio.Lock() if memory else None
+        self._engine = create_async_engine(self._url, **options)
+        if self._sqlite:
+            _configure_sqlite(self._engine.sync_engine, wal=not memory)
+        # Writers on SQLite take the write lock up front (BEGIN IMMEDIATE, see below).
+        self._writer = self._engine.execution_options(aegispay_write=True)
+
+    @property
+    def url(self) -> str:
+        """The database URL with its password masked."""
+        return self._url.render_as_string(hide_password=True)
+
+    async def create_schema(self) -> None:
+        with self._errors():
+            async with self._transaction(write=True) as conn:
+                await conn.run_sync(metadata.create_all)
+
+    async def close(self) -> None:
+        self._listeners.clear()
+        with self._errors():
+            await self._engine.dispose()
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        self._listeners.append(callback)
+
+    def use_event_types(self, event_types: EventTypes) -> None:
+        """Decode events with the service's registry (which knows plugins' event types)."""
+        self._event_types = event_types
+
+    # -- writing ------------------------------------------------------------------------------
+
+    async def commit(self, change: Change) -> None:
+        with self._errors():
+            try:
+                async with self._transaction(write=True) as conn:
+                    await self._write_projection(conn, change)
+                    if change.idempotency is not None:
+                        await self._claim(conn, change.idempotency)
+                    await self._append(conn, change)
+            except _Rejected:
+                raise await self._why_rejected(change) from None
+            except _Claimed:
+                claim = change.idempotency
+                assert claim is not None
+                existing = await self.find_idempotency(claim.scope, claim.key)
+                if existing is None:  # claimed and gone again in between: only expiry does that
+                    raise StoreError(f"idempotency key {claim.key!r} vanished; retry") from None
+                raise IdempotencyClaimed(existing) from None
+        # Only after the transaction committed: a listener must never see a rolled-back write.
+        for listener in self._listeners:
+            listener()
+
+    async def _write_projection(self, conn: AsyncConnection, change: Change) -> None:
+        payment, token = change.payment, change.fencing_token
+        values: dict[str, Any] = {
+            "version": payment.version,
+            "state": payment.state.value,
+            "data": _dumps(self._converter.unstructure(payment)),
+        }
+        if change.expected_version == 0:
+            await self._insert(conn, payments, [{**values, "id": payment.id, "fence": token or 0}])
+            return
+        # Version check and fence check in the one statement that writes: no read-then-write gap.
+        guard = sa.and_(payments.c.id == payment.id, payments.c.version == change.expected_version)
+        if token is not None:
+            guard = sa.and_(guard, payments.c.fence <= token)
+            values["fence"] = sa.case((payments.c.fence < token, token), else_=payments.c.fence)
+        result = await conn.execute(payments.update().where(guard).values(**values))
+        if result.rowcount != 1:
+            raise _Rejected
+
+    async def _claim(self, conn: AsyncConnection, record: IdempotencyRecord) -> None:
+        row = {
+            "scope": record.scope,
+            "key": record.key,
+            "fingerprint": record.fingerprint,
+            "payment_id": record.payment_id,
+            "response": _dumps(self._converter.unstructure(record.response)),
+            "created_at": record.created_at,
+            "expires_at": record.expires_at,
+        }
+        try:
+            await conn.execute(idempotency_keys.insert(), [row])
+        except exc.IntegrityError:
+            raise _Claimed from None
+
+    async def _append(self, conn: AsyncConnection, change: Change) -> None:
+        if not change.events:
+            return
+        history, messages = [], []
+        for e in change.events:
+            data = _dumps(self._event_types.to_dict(e))
+            key = {"payment_id": e.payment_id, "data": data}
+            history.append(
+                {**key, "version": e.version, "event_id": e.event_id, "type": e.type_name}
+                | {"occurred_at": e.occurred_at}
+            )
+            messages.append({**key, "message_id": e.event_id, "sequence": e.version})
+        await self._insert(conn, payment_events, history)
+        # Inserted in event order inside this transaction, so seq order is commit order.
+        await self._insert(conn, outbox, [m | {"attempts": 0, "parked": False} for m in messages])
+
+    async def _insert(self, conn: AsyncConnection, table: sa.Table, rows: list[Any]) -> None:
+        try:
+            await conn.execute(table.insert(), rows)
+        except exc.IntegrityError:
+            raise _Rejected from None
+
+    async def _why_rejected(self, change: Change) -> ConcurrencyConflict:
+        payment_id, token = change.payment.id, change.fencing_token
+        query = sa.select(payments.c.version, payments.c.fence).where(payments.c.id == payment_id)
+        rows = await self._rows(query)
+        version, fence = (rows[0].version, rows[0].fence) if rows else (0, 0)
+        if version == change.expected_version and token is not None and token < fence:
+            return FencingTokenRejected(payment_id, token, fence)
+        return ConcurrencyConflict(payment_id, change.expected_version, version)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def load(self, payment_id: str) -> Payment | None:
+        query = sa.select(payments.c.data).where(payments.c.id == payment_id)
+        data = await self._scalar(query)
+        return None if data is None else self._converter.structure(json.loads(data), Payment)
+
+    async def events(self, payment_id: str) -> list[Event]:
+        query = (
+            sa.select(payment_events.c.data)
+            .where(payment_events.c.payment_id == payment_id)
+            .order_by(payment_events.c.version)
+        )
+        return [self._event_types.from_dict(json.loads(d)) for d in await self._scalars(query)]
+
+    async def find_idempotency(self, scope: str, key: str) -> IdempotencyRecord | None:
+        table = idempotency_keys
+        rows = await self._rows(sa.select(table).where(table.c.scope == scope, table.c.key == key))
+        if not rows:
+            return None
+        row = rows[0]
+        response = self._converter.structure(json.loads(row.response), Payment)
+        return IdempotencyRecord(
+            row.scope, row.key, row.fingerprint, row.payment_id, response, row.created_at,
+            row.expires_at,
+        )  # fmt: skip
+
+    async def payment_ids(self) -> list[str]:
+        return list(await self._scalars(sa.select(payments.c.id).order_by(payments.c.id)))
+
+    # -- outbox -------------------------------------------------------------------------------
+
+    async def outbox_pending(self, limit: int) -> list[OutboxMessage]:
+        query = sa.select(outbox).where(_PENDING).order_by(outbox.c.seq).limit(max(limit, 0))
+        return [self._message(row) for row in await self._rows(query)]
+
+    async def outbox_mark_published(self, message_ids: Sequence[str]) -> None:
+        # As the memory store: only the head of the queue, in order, is published.
+        wanted = set(message_ids)
+        if not wanted:
+            return
+        with self._errors():
+            async with self._transaction(write=True) as conn:
+                head = sa.select(outbox.c.seq, outbox.c.message_id).where(_PENDING)
+                rows = await conn.execute(head.order_by(outbox.c.seq).limit(len(wanted)))
+                seqs = []
+                for row in rows:
+                    if row.message_id not in wanted:
+                        break
+                    seqs.append(row.seq)
+                if seqs:
+                    now = datetime.now(UTC)
+                    update = outbox.update().where(outbox.c.seq.in_(seqs))
+                    await conn.execute(update.values(published_at=now))
+
+    async def outbox_record_failure(
+        self, message_ids: Sequence[str], error: str, max_attempts: int
+    ) -> None:
+        with self._errors():
+            async with self._transaction(write=True) as conn:
+                counted = outbox.update().where(outbox.c.message_id.in_(list(message_ids)))
+                await conn.execute(counted.values(attempts=outbox.c.attempts + 1, last_error=error))
+                # Park the head while it has used up its attempts, so it stops blocking the
+                # queue; a message further back waits its turn (per-payment order).
+                while True:
+                    head = sa.select(outbox.c.seq, outbox.c.attempts).where(_PENDING)
+                    rows = (await conn.execute(head.order_by(outbox.c.seq).limit(500))).all()
+                    exhausted = []
+                    for row in rows:
+                        if row.attempts < max_attempts:
+                            break
+                        exhausted.append(row.seq)
+                    if exhausted:
+                        park = outbox.update().where(outbox.c.seq.in_(exhausted))
+                        await conn.execute(park.values(parked=True))
+                    if len(exhausted) < 500:
+                        break
+
+    async def outbox_parked(self) -> list[tuple[OutboxMessage, str]]:
+        query = sa.select(outbox).where(outbox.c.parked.is_(True)).order_by(outbox.c.seq)
+        return [(self._message(row), row.last_error or "") for row in await self._rows(query)]
+
+    def _message(self, row: Any) -> OutboxMessage:
+        event = self._event_types.from_dict(json.loads(row.data))
+        return OutboxMessage(row.message_id, row.payment_id, row.sequence, event, row.attempts)
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    async def _rows(self, query: sa.Select[Any]) -> list[Any]:
+        with self._errors():
+            async with self._transaction() as conn:
+                return list((await conn.execute(query)).all())
+
+    async def _scalars(self, query: sa.Select[Any]) -> list[Any]:
+        return [row[0] for row in await self._rows(query)]
+
+    async def _scalar(self, query: sa.Select[Any]) -> Any:
+        rows = await self._scalars(query)
+        return rows[0] if rows else None
+
+    @asynccontextmanager
+    async def _transaction(self, write: bool = False) -> AsyncIterator[AsyncConnection]:
+        serial: AbstractAsyncContextManager[Any] = self._lock or nullcontext()
+        async with serial, (self._writer if write else self._engine).begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Driver errors become ours; the message names the URL without its password."""
+        try:
+            yield
+        except (AegisPayError, IdempotencyClaimed, _Rejected, _Claimed):
+            raise
+        except _UNAVAILABLE as error:
+            raise StoreUnavailable(
+                f"store {self.url} is unavailable: {self._describe(error)}"
+            ) from error
+        except (exc.SQLAlchemyError, asyncpg.PostgresError) as error:
+            raise StoreError(f"store {self.url}: {self._describe(error)}") from error
+
+    def _describe(self, error: BaseException) -> str:
+        text = f"{type(error).__name__}: {error}"
+        password = self._url.password
+        return text.replace(str(password), "***") if password else text
+
+
+def _configure_sqlite(engine: sa.Engine, *, wal: bool) -> None:
+    """Per connection: foreign keys on; WAL + synchronous=NORMAL on files (durable at each
+    commit's WAL append, and readers never block the writer). The driver's implicit
+    transactions are switched off so SQLAlchemy's BEGIN is the real one."""
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        if wal:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        # A deferred writer that read first can fail with SQLITE_BUSY on upgrade; taking the
+        # write lock at BEGIN makes writers queue (busy timeout) and then see fresh data.
+        write = conn.get_execution_options().get("aegispay_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")

@@ -1,0 +1,124 @@
+"""The command line as a user runs it: a real subprocess, real exit codes and output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPORT_KEYS = {
+    "payments",
+    "throughput_per_s",
+    "latency_ms",
+    "outcomes",
+    "by_gateway",
+    "duplicate_charges",
+    "replay_mismatches",
+}
+
+
+def aegispay(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "aegispay", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_simulate_json_report_has_the_promised_keys_and_clean_money(tmp_path: Path) -> None:
+    result = aegispay("simulate", "--payments", "300", "--latency-ms", "0", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert set(report) >= REPORT_KEYS
+    assert report["payments"] == 300
+    assert sum(report["outcomes"].values()) == 300
+    assert set(report["latency_ms"]) >= {"p50", "p95", "p99"}
+    assert report["duplicate_charges"] == 0
+    assert report["replay_mismatches"] == 0
+    assert report["unrecorded_charges"] == 0
+    assert report["outbox_pending"] == 0
+
+
+def test_simulate_is_reproducible_for_a_seed(tmp_path: Path) -> None:
+    runs = [
+        json.loads(
+            aegispay(
+                "simulate",
+                "--payments",
+                "200",
+                "--latency-ms",
+                "0",
+                "--seed",
+                "7",
+                "--json",
+                cwd=tmp_path,
+            ).stdout
+        )
+        for _ in range(2)
+    ]
+    assert runs[0]["outcomes"] == runs[1]["outcomes"]
+    assert runs[0]["by_gateway"] == runs[1]["by_gateway"]
+
+
+def test_simulate_on_a_sqlite_file_is_durable(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'pay.db'}"
+    assert aegispay("db", "upgrade", "--store", url, cwd=tmp_path).returncode == 0
+    result = aegispay(
+        "simulate",
+        "--payments",
+        "40",
+        "--concurrency",
+        "8",
+        "--latency-ms",
+        "0",
+        "--store",
+        url,
+        "--json",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["duplicate_charges"] == 0 and report["replay_mismatches"] == 0
+    # A second process sees every payment the first one acknowledged.
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "pay.db") as connection:
+        (count,) = connection.execute("select count(*) from payments").fetchone()
+    assert count == 40
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        ("[engine]\ngateway_timeout_s = 'soon'\n", "settings.engine.gateway_timeout_s"),
+        ("[plugins.fraud_rules]\nvelocity_action = 'shout'\n", "velocity_action"),
+        ("store = 'ftp://x'\n", "store: unsupported URL scheme 'ftp'"),
+    ],
+)
+def test_bad_configuration_is_a_one_line_error_naming_the_key(
+    tmp_path: Path, toml: str, expected: str
+) -> None:
+    (tmp_path / "aegispay.toml").write_text(toml)
+    result = aegispay("simulate", "--payments", "5", "--latency-ms", "0", cwd=tmp_path)
+    assert result.returncode != 0
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_simulated_gateway_is_named(tmp_path: Path) -> None:
+    result = aegispay("simulate", "--payments", "5", "--gateways", "sim-nope", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "sim-nope" in result.stderr and "sim-alpha" in result.stderr
+
+
+def test_states_prints_the_transition_table(tmp_path: Path) -> None:
+    from aegispay.states import transition_table_markdown
+
+    result = aegispay("states", cwd=tmp_path)
+    assert result.stdout.strip() == transition_table_markdown()

@@ -1,0 +1,347 @@
+"""The Redis lock manager against a real Redis: exclusion, fencing, renewal, waking, failures.
+
+asyncio only (redis.asyncio). Tasks are ordered with anyio Events; sleeps only let time pass
+(a lease expiring), and the one deliberate wait is a LockTimeout.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+import redis.asyncio as aioredis
+from _services import REDIS_URL, service_unavailable
+from aegispay import events as ev
+from aegispay.errors import FencingTokenRejected, LockTimeout, StoreUnavailable
+from aegispay.locks.redis import RedisLockManager
+from aegispay.money import Money
+from aegispay.payment import Payment, apply
+from aegispay.requests import PaymentRequest
+from aegispay.states import PaymentState
+from aegispay.store.base import Change
+from aegispay.store.memory import MemoryStore
+from aegispay.testing import ScriptedGateway, make_test_service
+
+pytestmark = pytest.mark.anyio
+
+NOW = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # redis.asyncio only
+
+
+@pytest.fixture
+async def redis_client() -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        await client.ping()
+    except Exception as error:  # any failure to reach it: skip locally, fail in CI
+        await client.aclose()
+        service_unavailable("Redis", str(error))
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def prefix(redis_client: aioredis.Redis) -> AsyncIterator[str]:
+    """A random key prefix per test; its keys are deleted afterwards."""
+    value = f"aegispay-test:{uuid.uuid4().hex}:"
+    yield value
+    keys = [key async for key in redis_client.scan_iter(match=f"{value}*")]
+    if keys:
+        await redis_client.delete(*keys)
+
+
+@pytest.fixture
+async def locks(prefix: str) -> AsyncIterator[RedisLockManager]:
+    manager = RedisLockManager(REDIS_URL, prefix=prefix)
+    yield manager
+    await manager.close()
+
+
+def usd(minor: int) -> Money:
+    return Money(minor, "USD")
+
+
+def initiated(payment_id: str) -> tuple[Payment, ev.Event]:
+    event = ev.PaymentInitiated(
+        payment_id=payment_id,
+        version=1,
+        occurred_at=NOW,
+        merchant_id="m",
+        amount=usd(1000),
+        capture_mode="automatic",
+    )
+    return apply(None, event), event
+
+
+def next_change(payment: Payment, token: int, tag: str) -> Change:
+    event = ev.CaptureFailed(
+        payment_id=payment.id,
+        version=payment.version + 1,
+        occurred_at=NOW,
+        amount=usd(1),
+        idempotency_key=f"k-{tag}",
+        code=tag,
+    )
+    return Change(apply(payment, event), payment.version, (event,), token)
+
+
+async def test_mutual_exclusion_loses_no_update(locks: RedisLockManager) -> None:
+    counter = 0
+
+    async def increment() -> None:
+        nonlocal counter
+        async with locks.hold("counter", 10):
+            value = counter
+            await anyio.lowlevel.checkpoint()  # others run between the read and the write
+            counter = value + 1
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            for _ in range(20):
+                tg.start_soon(increment)
+    assert counter == 20
+
+
+async def test_tokens_strictly_increase_including_after_expiry(
+    prefix: str, redis_client: aioredis.Redis
+) -> None:
+    short = RedisLockManager(REDIS_URL, prefix=prefix, lease_ms=150, renew=False)
+    other = RedisLockManager(REDIS_URL, prefix=prefix)
+    tokens: list[int] = []
+    try:
+        for _ in range(3):
+            async with other.hold("k", 5) as lease:
+                tokens.append(lease.token)
+        # Held but never released: the lease expires, and the next grant still goes up.
+        expired = short.hold("k", 5)
+        lease = await expired.__aenter__()
+        tokens.append(lease.token)
+        with anyio.fail_after(5):
+            async with other.hold("k", 5) as lease:
+                tokens.append(lease.token)
+        await expired.__aexit__(None, None, None)
+        assert expired.lost
+        async with other.hold("k", 5) as lease:
+            tokens.append(lease.token)
+        async with other.hold("another", 5) as lease:
+            assert lease.token == 1  # counters are per key
+    finally:
+        await short.close()
+        await other.close()
+    assert tokens == sorted(set(tokens))
+    assert len(tokens) == 6
+    assert await redis_client.pttl(other.fence_key("k")) == -1  # the counter never expires
+
+
+async def test_release_by_a_former_owner_keeps_the_new_owners_lock(
+    locks: RedisLockManager, redis_client: aioredis.Redis
+) -> None:
+    hold = locks.hold("k", 5)
+    async with hold:
+        # Our lease "expired" and someone else took the lock.
+        await redis_client.set(locks.lock_key("k"), b"someone-else", px=10_000)
+    assert hold.lost
+    assert await redis_client.get(locks.lock_key("k")) == b"someone-else"
+
+
+async def test_waiting_past_the_timeout_raises_lock_timeout(
+    locks: RedisLockManager, redis_client: aioredis.Redis
+) -> None:
+    async with locks.hold("k", 5):
+        with pytest.raises(LockTimeout) as raised:
+            await locks.hold("k", 0.2).__aenter__()
+        assert raised.value.key == "k"
+        # The waiter's subscription is gone.
+        assert await redis_client.pubsub_numsub(locks.channel("k")) == [
+            (locks.channel("k").encode(), 0)
+        ]
+    async with locks.hold("k", 0.2):  # and the lock is free again
+        pass
+
+
+async def test_an_error_in_the_body_propagates_unwrapped_and_releases(
+    locks: RedisLockManager, redis_client: aioredis.Redis
+) -> None:
+    # renew=True: the body runs inside the renewal task group, which must not wrap the error.
+    with pytest.raises(KeyError):
+        async with locks.hold("k", 5):
+            raise KeyError("boom")
+    assert await redis_client.exists(locks.lock_key("k")) == 0
+
+
+async def test_a_cancelled_holder_releases_the_lock(
+    locks: RedisLockManager, redis_client: aioredis.Redis
+) -> None:
+    entered = anyio.Event()
+
+    async def hold_forever() -> None:
+        async with locks.hold("k", 5):
+            entered.set()
+            await anyio.Event().wait()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(hold_forever)
+        await entered.wait()
+        tg.cancel_scope.cancel()
+    # The lease had ~10 s left: only a release lets this in.
+    assert await redis_client.exists(locks.lock_key("k")) == 0
+    async with locks.hold("k", 0.5):
+        pass
+
+
+class _ObservedWaits(RedisLockManager):
+    """Sets ``waiting`` when a waiter is subscribed and blocked on the release channel."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.waiting = anyio.Event()
+
+    async def _wait_for_release(self, pubsub: Any, seconds: float) -> None:
+        self.waiting.set()
+        await super()._wait_for_release(pubsub, seconds)
+
+
+async def test_a_waiter_wakes_on_release(prefix: str) -> None:
+    holder = RedisLockManager(REDIS_URL, prefix=prefix)
+    waiter = _ObservedWaits(REDIS_URL, prefix=prefix)
+    acquired: list[int] = []
+
+    async def wait_for_lock() -> None:
+        async with waiter.hold("k", 5) as lease:
+            acquired.append(lease.token)
+
+    try:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg, holder.hold("k", 5) as held:
+                tg.start_soon(wait_for_lock)
+                await waiter.waiting.wait()
+                started = anyio.current_time()
+        # The lease had ~10 s left and the waiter's timeout is 5 s: without the release
+        # message it would have raised LockTimeout.
+        assert acquired == [held.token + 1]
+        assert anyio.current_time() - started < 5
+    finally:
+        await holder.close()
+        await waiter.close()
+
+
+async def test_renewal_keeps_the_lease_while_the_holder_works(
+    prefix: str, redis_client: aioredis.Redis
+) -> None:
+    locks = RedisLockManager(REDIS_URL, prefix=prefix, lease_ms=300)
+    work_done = anyio.Event()
+
+    async def time_passes() -> None:
+        await anyio.sleep(1.0)  # more than three leases
+        work_done.set()
+
+    try:
+        hold = locks.hold("k", 5)
+        async with anyio.create_task_group() as tg, hold:
+            tg.start_soon(time_passes)
+            await work_done.wait()
+            assert await redis_client.pttl(locks.lock_key("k")) > 0
+            with pytest.raises(LockTimeout):
+                await locks.hold("k", 0.05).__aenter__()
+        assert not hold.lost
+        assert await redis_client.exists(locks.lock_key("k")) == 0
+    finally:
+        await locks.close()
+
+
+async def test_kleppmann_paused_holder_is_fenced_by_the_store(prefix: str) -> None:
+    store = MemoryStore()
+    payment, event = initiated("pay_kleppmann")
+    await store.commit(Change(payment, 0, (event,)))
+    a_locks = RedisLockManager(REDIS_URL, prefix=prefix, lease_ms=200, renew=False)
+    b_locks = RedisLockManager(REDIS_URL, prefix=prefix)
+    a_paused = anyio.Event()
+    resume_a = anyio.Event()
+    outcome: list[BaseException] = []
+    changes: dict[str, Change] = {}
+
+    async def holder_a() -> None:
+        hold = a_locks.hold(payment.id, 5)
+        async with hold as lease:
+            a_paused.set()
+            await resume_a.wait()  # "GC pause" well past the 200 ms lease
+            current = await store.load(payment.id)
+            assert current is not None
+            changes["a"] = next_change(current, lease.token, "a")
+            try:
+                await store.commit(changes["a"])
+            except FencingTokenRejected as error:
+                outcome.append(error)
+        assert hold.lost
+
+    async def holder_b() -> None:
+        await a_paused.wait()
+        async with b_locks.hold(payment.id, 5) as lease:  # granted once A's lease expires
+            current = await store.load(payment.id)
+            assert current is not None
+            changes["b"] = next_change(current, lease.token, "b")
+            await store.commit(changes["b"])
+        resume_a.set()
+
+    try:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(holder_a)
+                tg.start_soon(holder_b)
+    finally:
+        await a_locks.close()
+        await b_locks.close()
+
+    [rejected] = outcome
+    assert isinstance(rejected, FencingTokenRejected)
+    assert changes["a"].fencing_token is not None and changes["b"].fencing_token is not None
+    assert changes["a"].fencing_token < changes["b"].fencing_token
+    assert await store.load(payment.id) == changes["b"].payment
+    assert [e.version for e in await store.events(payment.id)] == [1, 2]
+    assert (await store.events(payment.id))[1] == changes["b"].events[0]
+
+
+async def test_unreachable_redis_is_store_unavailable_without_the_password() -> None:
+    locks = RedisLockManager("redis://:secret@127.0.0.1:1/0")
+    assert "secret" not in repr(locks)
+    try:
+        with anyio.fail_after(30), pytest.raises(StoreUnavailable) as raised:
+            async with locks.hold("k", 1):
+                pass
+    finally:
+        await locks.close()
+    assert "secret" not in str(raised.value)
+    assert "127.0.0.1:1" in str(raised.value)
+
+
+async def test_service_with_redis_locks_charges_once(prefix: str) -> None:
+    gateway = ScriptedGateway()
+    service = make_test_service(
+        gateways=[gateway], locks=RedisLockManager(REDIS_URL, prefix=prefix)
+    )
+    results: list[Payment] = []
+
+    async def process(payment_id: str) -> None:
+        results.append(await service.process_payment(payment_id))
+
+    async with service:  # closes the lock manager on the way out
+        created = await service.create_payment(PaymentRequest(usd(1500)))
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                for _ in range(20):
+                    tg.start_soon(process, created.id)
+        stored = await service.get_payment(created.id)
+
+    assert len(results) == 20
+    assert gateway.charge_count(created.id) == 1
+    assert stored.state is PaymentState.COMPLETED
+    assert all(result == stored for result in results)

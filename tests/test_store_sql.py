@@ -1,0 +1,189 @@
+"""The SQL store: the conformance suite on in-memory SQLite, file SQLite and PostgreSQL, plus
+what only a SQL backend has (URLs, durability across reopen, unreachable servers)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import attrs
+import pytest
+from _services import POSTGRES_URL, service_unavailable
+from aegispay.errors import ConfigError, FencingTokenRejected, StoreError, StoreUnavailable
+from aegispay.store.sql import SqlStore, normalise_url
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+from store_conformance import (
+    StoreConformance,
+    StoreFactory,
+    change,
+    idem,
+    lifecycle,
+    snapshot,
+)
+
+
+class _SqlConformance(StoreConformance):
+    @pytest.fixture
+    def anyio_backend(self) -> str:
+        return "asyncio"  # aiosqlite and asyncpg are asyncio libraries
+
+
+class TestSqliteMemoryStore(_SqlConformance):
+    @pytest.fixture
+    async def make_store(self, anyio_backend: str) -> AsyncIterator[StoreFactory]:
+        stores: list[SqlStore] = []
+
+        async def factory() -> SqlStore:
+            stores.append(SqlStore("sqlite://"))
+            await stores[-1].create_schema()
+            return stores[-1]
+
+        yield factory
+        for store in stores:
+            await store.close()
+
+
+class TestSqliteFileStore(_SqlConformance):
+    @pytest.fixture
+    async def make_store(self, anyio_backend: str, tmp_path: Path) -> AsyncIterator[StoreFactory]:
+        stores: list[SqlStore] = []
+
+        async def factory() -> SqlStore:
+            stores.append(SqlStore(f"sqlite:///{tmp_path / 'aegispay.db'}"))
+            await stores[-1].create_schema()
+            return stores[-1]
+
+        yield factory
+        for store in stores:
+            await store.close()
+
+    async def test_wal_mode_and_synchronous(self, store: SqlStore) -> None:
+        async with store._engine.connect() as conn:
+            assert (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar() == "wal"
+            # 1 = NORMAL
+            assert (await conn.exec_driver_sql("PRAGMA synchronous")).scalar() == 1
+            assert (await conn.exec_driver_sql("PRAGMA foreign_keys")).scalar() == 1
+
+    async def test_survives_close_and_reopen(self, make_store: StoreFactory) -> None:
+        store = await make_store()
+        history = lifecycle("pay_1")
+        first = change(None, history[:5], token=3)
+        await store.commit(attrs.evolve(first, idempotency=idem(first.payment)))
+        await store.commit(change(first.payment, history[5:], token=3))
+        await store.outbox_mark_published(["pay_1:1"])
+        await store.outbox_record_failure(["pay_1:2"], "sink down", max_attempts=1)
+        await store.outbox_record_failure(["pay_1:3"], "flaky", max_attempts=5)
+        before = await snapshot(store, ["pay_1"])
+        record = await store.find_idempotency("m_1", "key-1")
+        await store.close()
+
+        reopened = await make_store()
+        assert await snapshot(reopened, ["pay_1"]) == before
+        assert await reopened.find_idempotency("m_1", "key-1") == record
+        assert [m.attempts for m in await reopened.outbox_pending(1)] == [1]
+        # The fence survived too: an older lock holder is still refused.
+        payment = await reopened.load("pay_1")
+        assert payment is not None
+        with pytest.raises(FencingTokenRejected):
+            await reopened.commit(change(payment, [], token=2))
+
+
+class TestPostgresStore(_SqlConformance):
+    @pytest.fixture
+    async def make_store(self, anyio_backend: str) -> AsyncIterator[StoreFactory]:
+        # Each test gets its own schema: tests never see each other's rows.
+        schema = f"aegispay_test_{secrets.token_hex(6)}"
+        admin = create_async_engine(normalise_url(POSTGRES_URL))
+        try:
+            async with admin.begin() as conn:
+                await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        except Exception as error:  # unreachable, refused, unknown database...
+            await admin.dispose()
+            service_unavailable("PostgreSQL", str(error))
+        stores: list[SqlStore] = []
+
+        async def factory() -> SqlStore:
+            stores.append(SqlStore(POSTGRES_URL, schema=schema))
+            await stores[-1].create_schema()
+            return stores[-1]
+
+        try:
+            yield factory
+        finally:
+            for store in stores:
+                await store.close()
+            async with admin.begin() as conn:
+                await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+            await admin.dispose()
+
+    async def test_tables_live_in_the_test_schema(self, store: SqlStore) -> None:
+        async with store._engine.connect() as conn:
+            schema = (await conn.execute(text("SELECT current_schema()"))).scalar()
+            found = await conn.execute(
+                text("SELECT table_name FROM information_schema.tables WHERE table_schema = :s"),
+                {"s": schema},
+            )
+            tables = sorted(row[0] for row in found)
+        assert str(schema).startswith("aegispay_test_")
+        assert tables == ["idempotency_keys", "outbox", "payment_events", "payments"]
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("sqlite://", "sqlite+aiosqlite://"),
+        ("sqlite:///:memory:", "sqlite+aiosqlite:///:memory:"),
+        ("sqlite:///aegispay.db", "sqlite+aiosqlite:///aegispay.db"),
+        ("sqlite:////var/lib/aegispay.db", "sqlite+aiosqlite:////var/lib/aegispay.db"),
+        ("sqlite+aiosqlite:///x.db", "sqlite+aiosqlite:///x.db"),
+        ("postgresql://u@db.example/pay", "postgresql+asyncpg://u@db.example/pay"),
+        ("postgresql://u:p%40ss@db:5433/pay", "postgresql+asyncpg://u:p%40ss@db:5433/pay"),
+        ("postgres://u@db/pay", "postgresql+asyncpg://u@db/pay"),
+        ("postgresql+asyncpg://u@db/pay", "postgresql+asyncpg://u@db/pay"),
+        ("postgresql+psycopg://u@db/pay", "postgresql+psycopg://u@db/pay"),
+    ],
+)
+def test_url_normalisation(url: str, expected: str) -> None:
+    assert normalise_url(url) == expected
+
+
+@pytest.mark.parametrize("url", ["mysql://u@db/pay", "not a url", "memory://"])
+def test_unsupported_urls(url: str) -> None:
+    with pytest.raises(ConfigError):
+        normalise_url(url)
+
+
+def test_schema_only_on_postgres() -> None:
+    with pytest.raises(ConfigError, match="schema"):
+        SqlStore("sqlite://", schema="x")
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_closed_port_is_store_unavailable_without_password(anyio_backend: str) -> None:
+    store = SqlStore("postgresql://postgres:s3cret-pw@127.0.0.1:1/test")
+    assert "s3cret-pw" not in store.url
+    try:
+        for operation in (store.create_schema(), store.load("pay_1"), store.outbox_pending(1)):
+            with pytest.raises(StoreUnavailable) as info:
+                await operation
+            message = str(info.value)
+            assert "s3cret-pw" not in message
+            assert "127.0.0.1:1" in message and "***" in message
+        with pytest.raises(StoreUnavailable):
+            await store.commit(change(None, lifecycle("pay_1")[:1]))
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_missing_schema_is_a_store_error(anyio_backend: str) -> None:
+    store = SqlStore("sqlite://")  # create_schema() not called
+    try:
+        with pytest.raises(StoreError):
+            await store.load("pay_1")
+    finally:
+        await store.close()
