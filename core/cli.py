@@ -145,7 +145,7 @@ def _simulation_settings(
     """The user's settings plus what the simulate options and the demo workload need."""
     import attrs
 
-    from .plugins_defaults import simulation_plugin_sections
+    from .simulation_defaults import simulation_plugin_sections
 
     config = settings.plugin_config
     sections: dict[str, Mapping[str, Any]] = {name: config.section(name) for name in config.names()}

@@ -142,10 +142,6 @@ class Hooks:
         self._operation = _Caller(pm, hook.aegispay_operation_finished)
         self._on_event = _Caller(pm, hook.aegispay_on_event)
 
-    @property
-    def has_event_listeners(self) -> bool:
-        return not self._on_event.empty
-
     async def validate_payment(self, request: PaymentRequest, context: HookContext) -> None:
         """Raise PaymentValidationError with every problem all validators found."""
         if self._validate.empty:

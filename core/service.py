@@ -37,11 +37,11 @@ from .errors import (
     OutcomeUnknown,
     PaymentNotFound,
 )
+from .gateway_calls import GatewayCaller
 from .gateways import (
     AuthorizeRequest,
     CaptureRequest,
     Gateway,
-    GatewayNotSent,
     GatewayResult,
     Operation,
     Outcome,
@@ -53,7 +53,7 @@ from .gateways import (
 from .hooks import Hooks
 from .locks.base import Lease, LockManager
 from .money import Money
-from .observe import GatewayCall, OperationRecord
+from .observe import OperationRecord
 from .outbox import EventSink, OutboxRelay
 from .payment import Attempt, Payment, apply, replay
 from .pluginmanager import PluginHost
@@ -62,18 +62,9 @@ from .serialization import EventTypes
 from .settings import EngineSettings
 from .states import PaymentState
 from .store.base import Change, IdempotencyClaimed, IdempotencyRecord, PaymentStore
-from .timeouts import run_with_timeout
 
 log = logging.getLogger("aegispay.service")
-_gateway_log = logging.getLogger("aegispay.gateway")
 S = PaymentState
-_METHODS = {
-    Operation.AUTHORIZE: "authorize",
-    Operation.CAPTURE: "capture",
-    Operation.VOID: "void",
-    Operation.REFUND: "refund",
-    Operation.STATUS: "get_status",
-}
 
 
 def utc_now() -> datetime:
@@ -118,6 +109,7 @@ class PaymentService:
         self._candidates: dict[str, list[str]] = {}  # currency -> gateways that take it
         store.use_event_types(self.event_types)
         self.relay = OutboxRelay(store, list(sinks.values()), self.hooks)
+        self._call = GatewayCaller(self._gateways, self.hooks, self.engine.gateway_timeout_s)
         store.on_commit(self.relay.notify)
         self._task_group: TaskGroup | None = None
 
@@ -832,54 +824,6 @@ class PaymentService:
             decline_code=result.decline_code,
             message=result.message,
         )
-
-    async def _call(
-        self, gateway_name: str, operation: Operation, request: Any, attempt_no: int | None
-    ) -> GatewayResult:
-        """One gateway call under a timeout, mapped onto the outcome taxonomy."""
-        # A status lookup that could not be made says nothing about the original request:
-        # only the gateway's own "no such request" answer may come back as NOT_SENT, because
-        # NOT_SENT after a lookup lets the engine route the payment elsewhere.
-        unreachable = Outcome.UNKNOWN if operation is Operation.STATUS else Outcome.NOT_SENT
-        gateway = self._gateways.get(gateway_name)
-        if gateway is None:
-            # The gateway's plugin is gone (uninstalled, denied). Nothing was sent.
-            return GatewayResult(unreachable, message=f"gateway {gateway_name!r} is not registered")
-        call = None
-        if self.hooks.wants_gateway_calls:
-            call = GatewayCall(
-                gateway_name, operation, request.payment_id, request.idempotency_key, attempt_no
-            )
-            await self.hooks.before_gateway_call(call)
-        began = time.perf_counter() if call is not None else 0.0
-        timeout = self.engine.gateway_timeout_s
-        try:
-            result = await run_with_timeout(getattr(gateway, _METHODS[operation])(request), timeout)
-        except TimeoutError:
-            result = GatewayResult(Outcome.UNKNOWN, message=f"no answer within {timeout:g}s")
-        except GatewayNotSent as exc:
-            result = GatewayResult(unreachable, message=str(exc))
-        except Exception as exc:  # it may have been sent: only a status lookup can tell
-            log.warning(
-                "gateway %s %s raised %s", gateway_name, operation.value, type(exc).__name__
-            )
-            result = GatewayResult(Outcome.UNKNOWN, message=f"adapter raised {type(exc).__name__}")
-        if not isinstance(result, GatewayResult):
-            result = GatewayResult(
-                Outcome.UNKNOWN, message=f"adapter returned {type(result).__name__}"
-            )
-        if call is not None:
-            await self.hooks.after_gateway_call(call, result, (time.perf_counter() - began) * 1000)
-        if _gateway_log.isEnabledFor(logging.DEBUG):
-            _gateway_log.debug(
-                "gateway=%s operation=%s payment_id=%s attempt=%s outcome=%s",
-                gateway_name,
-                operation.value,
-                request.payment_id,
-                attempt_no,
-                result.outcome.value,
-            )
-        return result
 
 
 _CANCELLABLE = frozenset({S.INITIATED, S.AUTHORIZED, S.REQUIRES_ACTION})
