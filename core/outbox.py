@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import anyio
+import anyio.lowlevel
 import attrs
 
 from .events import Event
@@ -45,7 +46,9 @@ class EventSink(Protocol):
 
 @attrs.frozen
 class RelaySettings:
-    batch_size: int = 1000
+    # Small enough that one batch of listener calls does not hold the event loop for long
+    # (each batch runs without suspending when sinks and listeners are in-process).
+    batch_size: int = 200
     max_attempts: int = 10
     base_backoff_s: float = 0.05
     max_backoff_s: float = 5.0
@@ -98,6 +101,7 @@ class OutboxRelay:
                 failures = 0
                 if count == 0:
                     break
+                await anyio.lowlevel.checkpoint()  # let payments run between batches
 
     async def drain(self) -> int:
         """Publish everything pending now (for tests and shutdown); returns how many."""
