@@ -339,25 +339,25 @@ def db() -> None:
 @click.option("--store", "store_url", default=None, help="Store URL (default: from settings).")
 @click.pass_context
 def upgrade(ctx: click.Context, store_url: str | None) -> None:
-    """Create the tables AegisPay needs in the store's database (idempotent)."""
+    """Create or upgrade the store's database to this AegisPay's schema (idempotent)."""
     from .stack import open_store
     from .urls import safe_url
 
     url = store_url or _settings(ctx).store
     store = open_store(url)
-    create = getattr(store, "create_schema", None)
-    if create is None:
+    migrate = getattr(store, "upgrade_schema", None)
+    if migrate is None:
         click.echo(f"{safe_url(url)}: nothing to create (not a SQL store)")
         return
 
     async def run() -> None:
         try:
-            await create()
+            await migrate()
         finally:
             await store.close()
 
     anyio.run(run)
-    click.echo(f"{safe_url(url)}: schema ready")
+    click.echo(f"{safe_url(url)}: schema up to date")
 
 
 def _add_plugin_commands(argv: list[str]) -> None:

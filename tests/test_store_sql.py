@@ -127,7 +127,13 @@ class TestPostgresStore(_SqlConformance):
             )
             tables = sorted(row[0] for row in found)
         assert str(schema).startswith("aegispay_test_")
-        assert tables == ["idempotency_keys", "outbox", "payment_events", "payments"]
+        assert tables == [
+            "alembic_version",
+            "idempotency_keys",
+            "outbox",
+            "payment_events",
+            "payments",
+        ]
 
 
 @pytest.mark.parametrize(

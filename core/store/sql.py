@@ -7,7 +7,10 @@ history, ``(scope, key)`` for idempotency. Driver errors never escape: they beco
 :class:`~aegispay.errors.ConcurrencyConflict`, :class:`~aegispay.errors.StoreUnavailable` (whose
 message names the URL without its password) or :class:`~aegispay.errors.StoreError`.
 
-``create_schema()`` is ``metadata.create_all``; versioned Alembic migrations are a later step.
+The schema is managed by the Alembic migrations shipped in :mod:`aegispay.store.migrations`:
+``upgrade_schema()`` (``aegispay db upgrade``) creates or upgrades a database, and the first read
+or write of a store checks the database's revision once (``check_schema()``), refusing an
+unmigrated, older or newer-than-known schema with a message that says what to do.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from typing import Any
 import anyio
 import asyncpg  # type: ignore[import-untyped]
 import sqlalchemy as sa
+from alembic import command
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
@@ -39,6 +44,7 @@ from ..outbox import OutboxMessage
 from ..payment import Payment
 from ..serialization import EventTypes, make_converter
 from ..urls import safe_url
+from . import migrations
 from .base import Change, IdempotencyClaimed, IdempotencyRecord
 
 _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
@@ -159,6 +165,9 @@ class SqlStore:
         self, url: str, event_types: EventTypes | None = None, *, schema: str | None = None
     ) -> None:
         self._url: URL = make_url(normalise_url(url))
+        self._given_url = safe_url(url)  # as the user wrote it, password masked
+        self._schema = schema
+        self._schema_checked = False
         self._event_types = event_types or EventTypes()
         self._converter = make_converter()
         self._listeners: list[Callable[[], None]] = []
@@ -185,10 +194,43 @@ class SqlStore:
         """The database URL with its password masked."""
         return self._url.render_as_string(hide_password=True)
 
-    async def create_schema(self) -> None:
+    # -- schema -------------------------------------------------------------------------------
+
+    async def upgrade_schema(self) -> None:
+        """Create or upgrade the database to this package's newest revision (idempotent)."""
         with self._errors():
-            async with self._transaction(write=True) as conn:
-                await conn.run_sync(metadata.create_all)
+            async with self._transaction(write=True, check=False) as conn:
+                await conn.run_sync(_upgrade, self._schema)
+        self._schema_checked = True
+
+    async def create_schema(self) -> None:
+        """Alias of :meth:`upgrade_schema`."""
+        await self.upgrade_schema()
+
+    async def check_schema(self) -> None:
+        """Raise :class:`~aegispay.errors.StoreError` unless the database is at this package's
+        head revision. Runs by itself before a store's first read or write; once it passed,
+        it is not repeated."""
+        with self._errors():
+            async with self._transaction(check=False) as conn:
+                current = await conn.run_sync(_current_revisions, self._schema)
+        heads = migrations.heads()
+        if set(current) == set(heads):
+            self._schema_checked = True
+            return
+        upgrade = f"run `aegispay db upgrade --store {self._given_url}`"
+        if not current:
+            raise StoreError(f"store {self.url}: the database has no AegisPay schema; {upgrade}")
+        unknown = sorted(r for r in current if not migrations.is_known(r))
+        if unknown:
+            raise StoreError(
+                f"store {self.url}: the database schema is at revision {', '.join(unknown)}, "
+                f"newer than this AegisPay knows (head {', '.join(heads)}); upgrade aegispay"
+            )
+        raise StoreError(
+            f"store {self.url}: the database schema is at revision {', '.join(current)}, older "
+            f"than this AegisPay needs (head {', '.join(heads)}); {upgrade}"
+        )
 
     async def close(self) -> None:
         self._listeners.clear()
@@ -391,7 +433,11 @@ class SqlStore:
         return rows[0] if rows else None
 
     @asynccontextmanager
-    async def _transaction(self, write: bool = False) -> AsyncIterator[AsyncConnection]:
+    async def _transaction(
+        self, write: bool = False, check: bool = True
+    ) -> AsyncIterator[AsyncConnection]:
+        if check and not self._schema_checked:
+            await self.check_schema()
         serial: AbstractAsyncContextManager[Any] = self._lock or nullcontext()
         async with serial, (self._writer if write else self._engine).begin() as conn:
             yield conn
@@ -414,6 +460,28 @@ class SqlStore:
         text = f"{type(error).__name__}: {error}"
         password = self._url.password
         return text.replace(str(password), "***") if password else text
+
+
+def _migration_context(connection: sa.Connection, schema: str | None) -> MigrationContext:
+    return MigrationContext.configure(connection, opts={"version_table_schema": schema})
+
+
+def _current_revisions(connection: sa.Connection, schema: str | None) -> tuple[str, ...]:
+    """The revisions stamped in the database's version table (none: unmigrated)."""
+    return tuple(_migration_context(connection, schema).get_current_heads())
+
+
+def _upgrade(connection: sa.Connection, schema: str | None) -> None:
+    """Run the migrations to head on ``connection``, inside its transaction."""
+    config = migrations.alembic_config()
+    config.attributes["connection"] = connection
+    config.attributes["schema"] = schema
+    if not _current_revisions(connection, schema) and sa.inspect(connection).has_table(
+        payments.name
+    ):
+        # Made by the pre-migrations ``metadata.create_all``: that schema is revision 0001.
+        command.stamp(config, "0001")
+    command.upgrade(config, "head")
 
 
 def _configure_sqlite(engine: sa.Engine, *, wal: bool) -> None:

@@ -1,0 +1,224 @@
+"""Schema management: the Alembic migrations shipped in the package, and the store's refusal to
+run on an unmigrated or newer-than-known database. On a SQLite file and on PostgreSQL (each test
+in its own schema)."""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from _services import POSTGRES_URL, service_unavailable
+from aegispay.errors import StoreError
+from aegispay.store import migrations
+from aegispay.store.sql import SqlStore, metadata, normalise_url
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+from store_conformance import change, lifecycle
+
+pytestmark = pytest.mark.anyio
+
+TABLES = {"alembic_version", "idempotency_keys", "outbox", "payment_events", "payments"}
+Factory = Callable[[], SqlStore]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def make_store(
+    request: pytest.FixtureRequest, tmp_path: Path, anyio_backend: str
+) -> AsyncIterator[Factory]:
+    """Stores on one fresh, empty database (a SQLite file, or a PostgreSQL schema)."""
+    stores: list[SqlStore] = []
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'pay.db'}"
+
+        def factory() -> SqlStore:
+            stores.append(SqlStore(url))
+            return stores[-1]
+
+        yield factory
+        for store in stores:
+            await store.close()
+        return
+
+    schema = f"aegispay_test_{secrets.token_hex(6)}"
+    admin = create_async_engine(normalise_url(POSTGRES_URL))
+    try:
+        async with admin.begin() as conn:
+            await conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    except Exception as error:  # unreachable, refused, unknown database...
+        await admin.dispose()
+        service_unavailable("PostgreSQL", str(error))
+
+    def pg_factory() -> SqlStore:
+        stores.append(SqlStore(POSTGRES_URL, schema=schema))
+        return stores[-1]
+
+    try:
+        yield pg_factory
+    finally:
+        for store in stores:
+            await store.close()
+        async with admin.begin() as conn:
+            await conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        await admin.dispose()
+
+
+async def run_sync(store: SqlStore, fn: Callable[[sa.Connection], Any]) -> Any:
+    async with store._engine.begin() as conn:
+        return await conn.run_sync(fn)
+
+
+def tables(conn: sa.Connection) -> set[str]:
+    return set(sa.inspect(conn).get_table_names())
+
+
+def stamped(schema: str | None) -> Callable[[sa.Connection], tuple[str, ...]]:
+    def read(conn: sa.Connection) -> tuple[str, ...]:
+        context = MigrationContext.configure(conn, opts={"version_table_schema": schema})
+        return tuple(context.get_current_heads())
+
+    return read
+
+
+async def test_upgrade_from_empty_creates_all_tables_and_stamps_head(make_store: Factory) -> None:
+    store = make_store()
+    assert await run_sync(store, tables) == set()
+    await store.upgrade_schema()
+    assert await run_sync(store, tables) == TABLES
+    assert await run_sync(store, stamped(store._schema)) == migrations.heads() == ("0001",)
+    await store.check_schema()
+    await store.commit(change(None, lifecycle("pay_1")[:1]))
+    assert await store.payment_ids() == ["pay_1"]
+
+
+async def test_upgrade_twice_is_a_no_op(make_store: Factory) -> None:
+    await make_store().upgrade_schema()
+    first = make_store()
+    await first.commit(change(None, lifecycle("pay_1")[:1]))
+    again = make_store()
+    await again.upgrade_schema()
+    await again.create_schema()  # the alias
+    assert await run_sync(again, stamped(again._schema)) == ("0001",)
+    assert await again.payment_ids() == ["pay_1"]
+
+
+async def test_unmigrated_database_is_refused_on_first_use(make_store: Factory) -> None:
+    store = make_store()
+    for operation in (store.load("pay_1"), store.payment_ids(), store.outbox_pending(1)):
+        with pytest.raises(StoreError, match="aegispay db upgrade --store") as info:
+            await operation
+        assert "no AegisPay schema" in str(info.value)
+    with pytest.raises(StoreError, match="aegispay db upgrade"):
+        await store.commit(change(None, lifecycle("pay_1")[:1]))
+    # Once upgraded, the same store works (a failed check is not cached).
+    await make_store().upgrade_schema()
+    assert await store.load("pay_1") is None
+
+
+async def test_unmigrated_message_hides_the_password(anyio_backend: str) -> None:
+    # The test server trusts local connections, so a password in the URL is harmless there.
+    url = make_url(POSTGRES_URL).set(password="s3cret-pw").render_as_string(hide_password=False)
+    schema = f"aegispay_test_{secrets.token_hex(6)}"
+    admin = create_async_engine(normalise_url(POSTGRES_URL))
+    try:
+        async with admin.begin() as conn:
+            await conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    except Exception as error:
+        await admin.dispose()
+        service_unavailable("PostgreSQL", str(error))
+    store = SqlStore(url, schema=schema)
+    try:
+        with pytest.raises(StoreError) as info:
+            await store.load("pay_1")
+    finally:
+        await store.close()
+        async with admin.begin() as conn:
+            await conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        await admin.dispose()
+    message = str(info.value)
+    assert "s3cret-pw" not in message
+    assert "`aegispay db upgrade --store postgresql://postgres:***@" in message
+
+
+async def test_newer_revision_is_refused(make_store: Factory) -> None:
+    await make_store().upgrade_schema()
+    store = make_store()
+    table = sa.table("alembic_version", sa.column("version_num"), schema=store._schema)
+
+    def stamp_newer(conn: sa.Connection) -> None:
+        conn.execute(table.update().values(version_num="ffff"))
+
+    await run_sync(store, stamp_newer)
+    with pytest.raises(StoreError, match="newer than this AegisPay knows") as info:
+        await store.load("pay_1")
+    assert "ffff" in str(info.value) and "upgrade aegispay" in str(info.value)
+    with pytest.raises(StoreError, match="newer"):
+        await store.check_schema()
+
+
+async def test_migrated_schema_matches_metadata(make_store: Factory) -> None:
+    store = make_store()
+    await store.upgrade_schema()
+
+    def diff(conn: sa.Connection) -> list[Any]:
+        # Reflection names the store's schema (first on the search_path) as the default one,
+        # ``None``: so must the version table, for the comparison to leave it out.
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        return list(compare_metadata(context, metadata))
+
+    assert await run_sync(store, diff) == []
+
+
+async def test_pre_migration_database_is_adopted(make_store: Factory) -> None:
+    """A database made by the old ``metadata.create_all`` is stamped 0001, data kept."""
+    store = make_store()
+    await run_sync(store, metadata.create_all)
+    await make_store().upgrade_schema()
+    await store.commit(change(None, lifecycle("pay_1")[:1]))
+    assert await run_sync(store, stamped(store._schema)) == ("0001",)
+    assert await store.payment_ids() == ["pay_1"]
+
+
+def test_migrations_know_one_linear_history() -> None:
+    assert migrations.heads() == ("0001",)
+    assert migrations.is_known("0001") and not migrations.is_known("ffff")
+    assert (migrations.LOCATION / "env.py").is_file()
+
+
+def test_cli_upgrade_twice_then_simulate(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'pay.db'}"
+
+    def aegispay(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "aegispay", *args]
+        return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+    for _ in range(2):
+        result = aegispay("db", "upgrade", "--store", url)
+        assert result.returncode == 0, result.stderr
+        assert "schema up to date" in result.stdout
+    with sqlite3.connect(tmp_path / "pay.db") as connection:
+        (version,) = connection.execute("select version_num from alembic_version").fetchone()
+    assert version == "0001"
+    result = aegispay("simulate", "--payments", "5", "--latency-ms", "0", "--store", url, "--json")
+    assert result.returncode == 0, result.stderr
+
+
+def test_cli_simulate_on_unmigrated_database_says_to_upgrade(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'pay.db'}"
+    command = [sys.executable, "-m", "aegispay", "simulate", "--payments", "1", "--store", url]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "aegispay db upgrade" in result.stdout + result.stderr
