@@ -40,7 +40,7 @@ from .money import Money
 from .payment import Attempt, Payment, Refund
 from .pluginmanager import PluginHost, make_plugin_host
 from .requests import PaymentRequest
-from .service import PaymentService
+from .service import PaymentService, ReconcileReport
 from .settings import Settings, load_settings
 from .stack import build_service
 from .states import TRANSITIONS, PaymentState
@@ -82,6 +82,7 @@ __all__ = [
     "PluginError",
     "PluginHost",
     "Problem",
+    "ReconcileReport",
     "Refund",
     "RefundRequest",
     "RouteDecision",

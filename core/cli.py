@@ -360,6 +360,318 @@ def upgrade(ctx: click.Context, store_url: str | None) -> None:
     click.echo(f"{safe_url(url)}: schema up to date")
 
 
+# -- operating on a store: payments, replay, reconcile, outbox ---------------------------------
+
+_STORE_HELP = "Store URL (default: from settings)."
+
+
+def _service_for(ctx: click.Context, store_url: str | None) -> Any:
+    """A service on ``store_url`` (or the configured store) with the configured plugins, so
+    plugins' event types and gateways are known. Not entered: no relay runs unless asked."""
+    from .stack import build_service
+
+    settings = _settings(ctx)
+    if store_url is not None:
+        settings = attrs.evolve(settings, store=store_url)
+    return build_service(settings)
+
+
+def _run_with(ctx: click.Context, store_url: str | None, body: Callable[[Any], Any]) -> Any:
+    """Build the service, run ``await body(service)`` and close the store and locks."""
+
+    async def run() -> Any:
+        service = _service_for(ctx, store_url)
+        try:
+            return await body(service)
+        finally:
+            await service.aclose()
+
+    return anyio.run(run)
+
+
+def _money(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _payment_dict(payment: Any) -> dict[str, Any]:
+    pending = payment.pending
+    return {
+        "id": payment.id,
+        "merchant_id": payment.merchant_id,
+        "state": payment.state.value,
+        "version": payment.version,
+        "amount": str(payment.amount),
+        "authorized": _money(payment.authorized),
+        "captured": _money(payment.captured),
+        "refunded": _money(payment.refunded),
+        "capture_mode": payment.capture_mode,
+        "created_at": payment.created_at.isoformat(),
+        "updated_at": payment.updated_at.isoformat(),
+        "failure_code": payment.failure_code,
+        "failure_message": payment.failure_message,
+        "attempts": [
+            {
+                "number": a.number,
+                "gateway": a.gateway,
+                "outcome": a.outcome.value if a.outcome is not None else None,
+                "idempotency_key": a.idempotency_key,
+                "gateway_reference": a.gateway_reference,
+                "decline_code": a.decline_code,
+            }
+            for a in payment.attempts
+        ],
+        "refunds": [
+            {
+                "number": r.number,
+                "amount": str(r.amount),
+                "succeeded": r.succeeded,
+                "idempotency_key": r.idempotency_key,
+                "reason": r.reason,
+            }
+            for r in payment.refunds
+        ],
+        "pending": None
+        if pending is None
+        else {
+            "kind": pending.kind,
+            "idempotency_key": pending.idempotency_key,
+            "amount": _money(pending.amount),
+        },
+    }
+
+
+@cli.group()
+def payments() -> None:
+    """Look at stored payments."""
+
+
+@payments.command("show")
+@click.argument("payment_id")
+@click.option("--store", "store_url", default=None, help=_STORE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def payments_show(
+    ctx: click.Context, payment_id: str, store_url: str | None, as_json: bool
+) -> None:
+    """A payment's projection and its event history."""
+
+    async def body(service: Any) -> tuple[Any, list[Any], Any]:
+        payment = await service.get_payment(payment_id)
+        history = await service.store.events(payment_id)
+        return payment, history, service.event_types
+
+    payment, history, event_types = _run_with(ctx, store_url, body)
+    data = _payment_dict(payment)
+    if as_json:
+        data["events"] = [event_types.to_dict(e) for e in history]
+        click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+        return
+    for key in ("id", "merchant_id", "state", "version", "amount", "authorized", "captured"):
+        click.echo(f"{key}: {data[key]}")
+    click.echo(f"refunded: {data['refunded']}")
+    if data["failure_code"]:
+        click.echo(f"failure: {data['failure_code']} {data['failure_message'] or ''}".rstrip())
+    click.echo(f"created_at: {data['created_at']}  updated_at: {data['updated_at']}")
+    click.echo("attempts:")
+    for a in data["attempts"]:
+        click.echo(
+            f"  #{a['number']} {a['gateway']} outcome={a['outcome'] or 'in flight'} "
+            f"key={a['idempotency_key']}"
+        )
+    if data["refunds"]:
+        click.echo("refunds:")
+        for r in data["refunds"]:
+            status = "succeeded" if r["succeeded"] else "failed"
+            click.echo(f"  #{r['number']} {r['amount']} {status} key={r['idempotency_key']}")
+    pending = data["pending"]
+    if pending is None:
+        click.echo("pending: none")
+    else:
+        amount = f" {pending['amount']}" if pending["amount"] else ""
+        click.echo(f"pending: {pending['kind']}{amount} key={pending['idempotency_key']}")
+    click.echo(f"events ({len(history)}):")
+    for e in history:
+        click.echo(f"  v{e.version} {e.type_name} {e.occurred_at.isoformat()}")
+
+
+def _differences(stored: Any, rebuilt: Any) -> list[str]:
+    from .payment import Payment
+
+    if stored is None:
+        return ["no stored projection"]
+    if rebuilt is None:
+        return ["no events"]
+    return [
+        field.name
+        for field in attrs.fields(Payment)
+        if getattr(stored, field.name) != getattr(rebuilt, field.name)
+    ]
+
+
+@cli.command("replay")
+@click.argument("payment_id", required=False)
+@click.option("--all", "replay_all", is_flag=True, help="Replay every stored payment.")
+@click.option("--store", "store_url", default=None, help=_STORE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@click.pass_context
+def replay_command(
+    ctx: click.Context,
+    payment_id: str | None,
+    replay_all: bool,
+    store_url: str | None,
+    as_json: bool,
+) -> None:
+    """Rebuild projections from their events and compare them with the stored ones; exit 1
+    on any mismatch."""
+    from .errors import PaymentNotFound
+    from .payment import replay
+
+    if replay_all == (payment_id is not None):
+        raise click.UsageError("give a payment ID or --all (not both)")
+
+    async def body(service: Any) -> tuple[int, dict[str, list[str]]]:
+        store = service.store
+        ids: list[str] = await store.payment_ids() if replay_all else [payment_id or ""]
+        mismatches: dict[str, list[str]] = {}
+        for pid in ids:
+            stored = await store.load(pid)
+            history = await store.events(pid)
+            if stored is None and not history:
+                raise PaymentNotFound(pid)
+            differences = _differences(stored, replay(history) if history else None)
+            if differences:
+                mismatches[pid] = differences
+        return len(ids), mismatches
+
+    checked, mismatches = _run_with(ctx, store_url, body)
+    if as_json:
+        report = {"checked": checked, "mismatches": mismatches}
+        click.echo(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        for pid, fields in mismatches.items():
+            click.echo(f"MISMATCH {pid}: {', '.join(fields)}")
+        if mismatches:
+            click.echo(f"{len(mismatches)} of {checked} payments do not match their events")
+        else:
+            click.echo(f"{checked} payments replayed: no mismatches")
+    if mismatches:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option(
+    "--older-than",
+    "older_than",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="Only payments unchanged for this many seconds.",
+)
+@click.option("--store", "store_url", default=None, help=_STORE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@click.pass_context
+def reconcile(ctx: click.Context, older_than: float, store_url: str | None, as_json: bool) -> None:
+    """Settle payments stuck PROCESSING / UNKNOWN or with a pending operation: ask their
+    gateway for the status with the same idempotency key."""
+
+    async def body(service: Any) -> Any:
+        async with service:  # startup hooks run, and the events it commits are published
+            return await service.reconcile(older_than)
+
+    report = _run_with(ctx, store_url, body).to_dict()
+    if as_json:
+        click.echo(json.dumps(report, indent=2, sort_keys=True))
+        return
+    click.echo(f"examined: {report['examined']}")
+    settled = ", ".join(f"{k} {v}" for k, v in sorted(report["settled"].items())) or "none"
+    click.echo(f"settled: {report['settled_total']} ({settled})")
+    click.echo(f"still open: {report['still_open']}")
+    for pid in report["still_open_ids"]:
+        click.echo(f"  {pid}")
+    errors = ", ".join(f"{k} {v}" for k, v in sorted(report["errors"].items())) or "none"
+    click.echo(f"errors: {errors}")
+
+
+@cli.group()
+def outbox() -> None:
+    """The transactional outbox: what waits to be published, what was parked."""
+
+
+@outbox.command("status")
+@click.option("--store", "store_url", default=None, help=_STORE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def outbox_status(ctx: click.Context, store_url: str | None, as_json: bool) -> None:
+    """Messages waiting to be published, and parked messages with their last error."""
+    import inspect
+
+    async def body(service: Any) -> tuple[int | None, list[Any]]:
+        store = service.store
+        size: int | None = None
+        counter = getattr(store, "outbox_size", None)
+        if counter is not None:
+            result = counter()
+            size = await result if inspect.isawaitable(result) else result
+        return size, await store.outbox_parked()
+
+    pending, parked = _run_with(ctx, store_url, body)
+    if as_json:
+        report = {
+            "pending": pending,
+            "parked": [
+                {
+                    "message_id": m.message_id,
+                    "payment_id": m.payment_id,
+                    "sequence": m.sequence,
+                    "type": m.event.type_name,
+                    "attempts": m.attempts,
+                    "error": error,
+                }
+                for m, error in parked
+            ],
+        }
+        click.echo(json.dumps(report, indent=2, sort_keys=True))
+        return
+    click.echo(f"pending: {'unknown' if pending is None else pending}")
+    click.echo(f"parked: {len(parked)}")
+    for message, error in parked:
+        click.echo(
+            f"  {message.message_id} {message.payment_id} v{message.sequence} "
+            f"{message.event.type_name} attempts={message.attempts}: {error}"
+        )
+
+
+@outbox.command("relay")
+@click.option("--store", "store_url", default=None, help=_STORE_HELP)
+@click.option("--once", is_flag=True, help="Publish what is pending now, then exit.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.01),
+    default=1.0,
+    show_default=True,
+    help="Seconds between polls for messages committed by other processes.",
+)
+@click.pass_context
+def outbox_relay(ctx: click.Context, store_url: str | None, once: bool, interval: float) -> None:
+    """Publish committed outbox messages to the sinks and event listeners."""
+
+    async def body(service: Any) -> int:
+        published = 0
+        async with service:
+            while True:
+                published += int(await service.relay.drain())
+                if once:
+                    return published
+                await anyio.sleep(interval)
+
+    try:
+        published = _run_with(ctx, store_url, body)
+    except KeyboardInterrupt:
+        click.echo("relay stopped", err=True)
+        return
+    click.echo(f"published: {published}")
+
+
 def _add_plugin_commands(argv: list[str]) -> None:
     """Let installed plugins add sub-commands (``aegispay_register_commands``), honouring the
     configuration and the allow / deny lists. A broken plugin or configuration leaves the

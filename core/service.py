@@ -23,11 +23,13 @@ from types import MappingProxyType, TracebackType
 from typing import Any
 
 import anyio
+import attrs
 from anyio.abc import TaskGroup
 
 from . import events as ev
 from .decisions import FraudVerdict, HookContext, RouteDecision, Verdict, combine_verdicts
 from .errors import (
+    AegisPayError,
     GatewayDeclined,
     GatewayUnavailable,
     IdempotencyKeyReused,
@@ -61,10 +63,43 @@ from .requests import PaymentRequest
 from .serialization import EventTypes
 from .settings import EngineSettings
 from .states import PaymentState
-from .store.base import Change, IdempotencyClaimed, IdempotencyRecord, PaymentStore
+from .store.base import (
+    Change,
+    IdempotencyClaimed,
+    IdempotencyRecord,
+    PaymentStore,
+    is_unsettled,
+)
 
 log = logging.getLogger("aegispay.service")
 S = PaymentState
+
+
+@attrs.frozen
+class ReconcileReport:
+    """What :meth:`PaymentService.reconcile` did.
+
+    ``examined`` payments were open past the cutoff; ``settled`` counts those no longer open
+    afterwards, by their state; ``still_open`` those still waiting on a gateway's answer (an
+    UNKNOWN outcome, an unreachable gateway...); ``errors`` counts the errors raised while
+    syncing, by type name (a payment that raised is still counted as settled or open).
+    """
+
+    examined: int = 0
+    settled: Mapping[str, int] = attrs.field(factory=dict)
+    still_open: int = 0
+    errors: Mapping[str, int] = attrs.field(factory=dict)
+    still_open_ids: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "examined": self.examined,
+            "settled": dict(self.settled),
+            "settled_total": sum(self.settled.values()),
+            "still_open": self.still_open,
+            "still_open_ids": list(self.still_open_ids),
+            "errors": dict(self.errors),
+        }
 
 
 def utc_now() -> datetime:
@@ -460,11 +495,17 @@ class PaymentService:
             final = self._failed(payment, result.decline_code or "declined", result.message, 1)
             return await self._commit(payment, lease, [failed, final])
         if outcome is Outcome.NOT_SENT:
-            # Only reachable from a status lookup: the gateway never received the attempt,
-            # so it is safe to route again, away from gateways that could not be reached.
+            # Only reachable from a status lookup: the gateway answered that it never
+            # received the attempt, so a fresh attempt with a new key is safe. Avoid gateways
+            # that failed to receive earlier attempts, and this one if it lost a request we
+            # sent (the answer was UNKNOWN); but an attempt still in flight (a process died
+            # between the intent and the call) never reached its gateway at all: that gateway
+            # stays eligible, or a single-gateway set-up could never recover the payment.
+            tried = [a.gateway for a in payment.attempts if a.outcome is Outcome.NOT_SENT]
+            if attempt.outcome is Outcome.UNKNOWN:
+                tried.append(attempt.gateway)
             failed = self._attempt_failed(payment, attempt.number, result)
             payment = await self._commit(payment, lease, [failed])
-            tried = [a.gateway for a in payment.attempts if a.outcome is Outcome.NOT_SENT]
             context = self._context("process", payment.merchant_id)
             route = await self._route(payment, context, excluded=tried)
             if not route.gateways:
@@ -529,6 +570,35 @@ class PaymentService:
         if payment.unresolved_attempt is not None:
             return await self._resolve(payment, lease)
         return payment
+
+    async def reconcile(self, older_than_s: float = 60.0) -> ReconcileReport:
+        """Settle every payment left open (PROCESSING, REQUIRES_ACTION, or with a pending
+        capture, refund or void) whose last change is older than ``older_than_s`` seconds:
+        :meth:`sync_payment` asks its gateway with the same idempotency key. An UNKNOWN
+        answer never fails a payment over; it stays open for the next run."""
+        cutoff = self.clock() - timedelta(seconds=older_than_s)
+        settled: dict[str, int] = {}
+        errors: dict[str, int] = {}
+        still_open: list[str] = []
+        ids = await self.store.unsettled_payment_ids(cutoff)
+        for payment_id in ids:
+            payment: Payment | None
+            try:
+                payment = await self.sync_payment(payment_id)
+            except AegisPayError as error:
+                name = type(error).__name__
+                errors[name] = errors.get(name, 0) + 1
+                log.warning("reconcile %s: %s", payment_id, error)
+                try:
+                    payment = await self.store.load(payment_id)
+                except AegisPayError:
+                    payment = None
+            if payment is None or is_unsettled(payment):
+                still_open.append(payment_id)
+            else:
+                state = payment.state.value
+                settled[state] = settled.get(state, 0) + 1
+        return ReconcileReport(len(ids), settled, len(still_open), errors, tuple(still_open))
 
     # -- capture, cancel, refund ------------------------------------------------------------
     #

@@ -421,6 +421,58 @@ class StoreConformance:
         await store.commit(attrs.evolve(c, payment=payment))
         assert await store.load("pay_1") == payment
 
+    # -- unsettled payments -------------------------------------------------------------------
+
+    async def _commit_all(self, store: PaymentStore, events: Sequence[ev.Event]) -> Payment:
+        c = change(None, events)
+        await store.commit(c)
+        return c.payment
+
+    async def test_unsettled_payment_ids(self, store: PaymentStore) -> None:
+        history = lifecycle("pay_refund_pending")  # COMPLETED... with a refund pending, at(10)
+        await self._commit_all(store, history)
+        done = lifecycle("pay_done")[:7]  # COMPLETED, nothing pending
+        await self._commit_all(store, done)
+        await self._commit_all(store, lifecycle("pay_processing")[:2])  # PROCESSING, at(2)
+        await self._commit_all(
+            store,
+            [
+                *lifecycle("pay_3ds")[:2],
+                ev.PaymentRequiresAction(
+                    payment_id="pay_3ds",
+                    version=3,
+                    occurred_at=at(3),
+                    attempt_no=1,
+                    gateway_reference="pi_1",
+                    next_action={"type": "redirect"},
+                ),
+            ],
+        )
+        capture = lifecycle("pay_capture")[:6]  # AUTHORIZED with a capture pending, at(6)
+        await self._commit_all(store, capture)
+        # A metadata value that looks like a pending operation does not make a payment open.
+        tricky = attrs.evolve(initiated("pay_tricky"), metadata={"note": '"pending":{"x":1}'})
+        await self._commit_all(store, [tricky])
+        await new_payment(store, "pay_new")  # INITIATED
+
+        everything = ["pay_3ds", "pay_capture", "pay_processing", "pay_refund_pending"]
+        assert await store.unsettled_payment_ids(at(1_000)) == everything
+        # Only those last updated strictly before the cutoff.
+        assert await store.unsettled_payment_ids(at(6)) == ["pay_3ds", "pay_processing"]
+        assert await store.unsettled_payment_ids(at(2)) == []
+        assert await store.unsettled_payment_ids(at(0)) == []
+
+    async def test_unsettled_payment_ids_follow_commits(self, store: PaymentStore) -> None:
+        history = lifecycle("pay_1")
+        payment = await self._commit_all(store, history[:2])
+        assert await store.unsettled_payment_ids(at(100)) == ["pay_1"]
+        c = change(payment, history[2:7])  # failover, authorised, captured: settled
+        await store.commit(c)
+        assert await store.unsettled_payment_ids(at(100)) == []
+        await store.commit(change(c.payment, history[7:]))  # a refund left pending
+        assert await store.unsettled_payment_ids(at(100)) == ["pay_1"]
+        assert await store.unsettled_payment_ids(at(10)) == []
+
     # -- outbox -------------------------------------------------------------------------------
 
     async def test_every_event_becomes_one_outbox_message(self, store: PaymentStore) -> None:

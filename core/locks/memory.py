@@ -3,11 +3,13 @@
 The uncontended path takes the lock without suspending (no cancel scope, no checkpoint), so a
 lock costs about a microsecond; waiters park on an anyio Event with a timeout. Entries are
 removed when the last holder leaves, so the table is as small as the number of payments in
-flight. Tokens increase on every grant, across keys.
+flight. Tokens increase on every grant, across keys, and start from the clock (microseconds),
+so they keep increasing across restarts of the process.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 
 import anyio
@@ -43,7 +45,9 @@ class _Hold:
         else:
             await manager._wait(self._key, entry, self._timeout)
         self._entry = entry
-        manager._token += 1
+        # Never below the clock in microseconds: a durable store remembers the highest token
+        # per payment, and a restarted process must not hand out smaller ones.
+        manager._token = max(manager._token + 1, time.time_ns() // 1000)
         return Lease(self._key, manager._token)
 
     async def __aexit__(self, *exc_info: object) -> None:

@@ -53,9 +53,19 @@ _MIN_WAIT_S = 0.01
 
 # Idempotent: if a retried call finds our own owner id, the grant already happened and the
 # counter's current value is our token (only a granted holder increments it).
+# The fencing token never goes below the server's clock in microseconds: a durable store
+# remembers the highest token it has seen per payment, and a Redis that lost its counters
+# (restarted without persistence) must not hand out smaller tokens than before.
 _ACQUIRE = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return redis.call('INCR', KEYS[2])
+  local token = redis.call('INCR', KEYS[2])
+  local now = redis.call('TIME')
+  local floor = tonumber(now[1]) * 1000000 + tonumber(now[2])
+  if token < floor then
+    redis.call('SET', KEYS[2], floor)
+    token = floor
+  end
+  return token
 end
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return tonumber(redis.call('GET', KEYS[2]))

@@ -18,6 +18,7 @@ from ..events import Event
 from ..outbox import OutboxMessage
 from ..payment import Payment
 from ..serialization import EventTypes
+from ..states import PaymentState
 
 
 @attrs.frozen
@@ -52,6 +53,14 @@ class IdempotencyClaimed(Exception):
         self.existing = existing
 
 
+def is_unsettled(payment: Payment) -> bool:
+    """True while a payment waits on a gateway's answer (see ``unsettled_payment_ids``)."""
+    return payment.pending is not None or payment.state in UNSETTLED_STATES
+
+
+UNSETTLED_STATES = frozenset({PaymentState.PROCESSING, PaymentState.REQUIRES_ACTION})
+
+
 class PaymentStore(Protocol):
     async def commit(self, change: Change) -> None:
         """Write ``change`` atomically, or raise (and write nothing):
@@ -65,6 +74,11 @@ class PaymentStore(Protocol):
     async def find_idempotency(self, scope: str, key: str) -> IdempotencyRecord | None: ...
 
     async def payment_ids(self) -> list[str]: ...
+
+    async def unsettled_payment_ids(self, older_than: datetime) -> list[str]:
+        """Ids (sorted) of payments left open - PROCESSING or REQUIRES_ACTION, or with a
+        pending capture, refund or void - whose projection was last updated before
+        ``older_than``: what ``PaymentService.reconcile`` settles."""
 
     async def outbox_pending(self, limit: int) -> list[OutboxMessage]:
         """The oldest unpublished, unparked messages, in commit order."""

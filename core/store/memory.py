@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
+from datetime import datetime
 
 from ..errors import ConcurrencyConflict, FencingTokenRejected
 from ..events import Event
 from ..outbox import OutboxMessage
 from ..payment import Payment
-from .base import Change, IdempotencyClaimed, IdempotencyRecord
+from .base import Change, IdempotencyClaimed, IdempotencyRecord, is_unsettled
 
 
 class _Stream:
@@ -75,6 +76,13 @@ class MemoryStore:
 
     async def payment_ids(self) -> list[str]:
         return list(self._streams)
+
+    async def unsettled_payment_ids(self, older_than: datetime) -> list[str]:
+        return sorted(
+            payment_id
+            for payment_id, stream in self._streams.items()
+            if is_unsettled(stream.payment) and stream.payment.updated_at < older_than
+        )
 
     async def outbox_pending(self, limit: int) -> list[OutboxMessage]:
         outbox = self._outbox

@@ -45,7 +45,7 @@ from ..payment import Payment
 from ..serialization import EventTypes, make_converter
 from ..urls import safe_url
 from . import migrations
-from .base import Change, IdempotencyClaimed, IdempotencyRecord
+from .base import UNSETTLED_STATES, Change, IdempotencyClaimed, IdempotencyRecord, is_unsettled
 
 _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
 _ALIASES = {"postgres": "postgresql"}
@@ -178,11 +178,17 @@ class SqlStore:
             # One shared connection is the in-memory database; the lock keeps two tasks
             # from interleaving transactions on it.
             options.update(poolclass=StaticPool, connect_args={"check_same_thread": False})
+        elif self._sqlite:
+            # Other processes' writers: wait for the file's write lock rather than fail.
+            options.update(connect_args={"timeout": 60})
         if schema is not None:
             if self._url.get_backend_name() != "postgresql":
                 raise ConfigError(f"store: schema={schema!r} is only supported on PostgreSQL")
             options["connect_args"] = {"server_settings": {"search_path": schema}}
         self._lock: anyio.Lock | None = anyio.Lock() if memory else None
+        # SQLite has one writer at a time: this process's writers queue here, in order and
+        # without spinning on SQLITE_BUSY, before they take the file lock.
+        self._write_lock: anyio.Lock | None = anyio.Lock() if self._sqlite and not memory else None
         self._engine = create_async_engine(self._url, **options)
         if self._sqlite:
             _configure_sqlite(self._engine.sync_engine, wal=not memory)
@@ -362,7 +368,34 @@ class SqlStore:
     async def payment_ids(self) -> list[str]:
         return list(await self._scalars(sa.select(payments.c.id).order_by(payments.c.id)))
 
+    async def unsettled_payment_ids(self, older_than: datetime) -> list[str]:
+        # The schema keeps no "pending" or "updated_at" column: the query narrows the rows to
+        # open states plus those whose stored projection has a non-null ``pending`` (the JSON
+        # is written with fixed separators), and the decoded projection decides.
+        open_states = [state.value for state in UNSETTLED_STATES]
+        query = (
+            sa.select(payments.c.data)
+            .where(
+                sa.or_(
+                    payments.c.state.in_(open_states),
+                    payments.c.data.not_like('%"pending":null%'),
+                )
+            )
+            .order_by(payments.c.id)
+        )
+        found = []
+        for data in await self._scalars(query):
+            payment = self._converter.structure(json.loads(data), Payment)
+            if is_unsettled(payment) and payment.updated_at < older_than:
+                found.append(payment.id)
+        return found
+
     # -- outbox -------------------------------------------------------------------------------
+
+    async def outbox_size(self) -> int:
+        """How many messages wait to be published (not parked)."""
+        count = sa.select(sa.func.count()).select_from(outbox).where(_PENDING)
+        return int(await self._scalar(count) or 0)
 
     async def outbox_pending(self, limit: int) -> list[OutboxMessage]:
         query = sa.select(outbox).where(_PENDING).order_by(outbox.c.seq).limit(max(limit, 0))
@@ -439,7 +472,10 @@ class SqlStore:
         if check and not self._schema_checked:
             await self.check_schema()
         serial: AbstractAsyncContextManager[Any] = self._lock or nullcontext()
-        async with serial, (self._writer if write else self._engine).begin() as conn:
+        writers: AbstractAsyncContextManager[Any] = (
+            self._write_lock if write and self._write_lock is not None else nullcontext()
+        )
+        async with serial, writers, (self._writer if write else self._engine).begin() as conn:
             yield conn
 
     @contextmanager
