@@ -30,35 +30,27 @@ from . import events as ev
 from .decisions import FraudVerdict, HookContext, RouteDecision, Verdict, combine_verdicts
 from .errors import (
     AegisPayError,
-    GatewayDeclined,
-    GatewayUnavailable,
     IdempotencyKeyReused,
     InvalidInput,
-    InvalidTransition,
-    OperationNotAllowed,
-    OutcomeUnknown,
     PaymentNotFound,
 )
 from .gateway_calls import GatewayCaller
 from .gateways import (
     AuthorizeRequest,
-    CaptureRequest,
     Gateway,
     GatewayResult,
     Operation,
     Outcome,
-    RefundRequest,
     StatusRequest,
-    VoidRequest,
     supports_currency,
 )
 from .hooks import Hooks
 from .locks.base import Lease, LockManager
-from .money import Money
 from .observe import OperationRecord
 from .outbox import EventSink, OutboxRelay
 from .payment import Attempt, Payment, apply, replay
 from .pluginmanager import PluginHost
+from .post_authorization import PostAuthorizationOperations
 from .requests import PaymentRequest
 from .serialization import EventTypes
 from .settings import EngineSettings
@@ -110,7 +102,7 @@ def new_payment_id() -> str:
     return "pay_" + os.urandom(12).hex()
 
 
-class PaymentService:
+class PaymentService(PostAuthorizationOperations):
     """Create, process, capture, cancel and refund payments.
 
     Build one with :func:`aegispay.build_service`; use it as ``async with service:`` so the
@@ -600,235 +592,6 @@ class PaymentService:
                 settled[state] = settled.get(state, 0) + 1
         return ReconcileReport(len(ids), settled, len(still_open), errors, tuple(still_open))
 
-    # -- capture, cancel, refund ------------------------------------------------------------
-    #
-    # Each records its intent (amount and idempotency key) before calling the gateway. If
-    # the answer is lost (UNKNOWN), the intent stays pending and any retry repeats exactly
-    # that call, so the gateway's idempotency makes a second capture or refund impossible
-    # and the amount recorded is always the amount the gateway moved.
-
-    async def capture(self, payment_id: str, amount: Money | None = None) -> Payment:
-        """Capture an AUTHORIZED payment, fully (default) or partially (the rest is released)."""
-
-        async def run(payment: Payment, lease: Lease) -> Payment:
-            return await self._capture(payment, lease, amount)
-
-        return await self._locked("capture", payment_id, run)
-
-    async def _capture(self, payment: Payment, lease: Lease, amount: Money | None) -> Payment:
-        if self._resumable(payment, "capture", amount):
-            return await self._run_pending(payment, lease)
-        if payment.state is not S.AUTHORIZED:
-            raise InvalidTransition(payment.id, payment.state, S.COMPLETED, "capture")
-        amount = self._operation_amount(payment, amount, payment.authorized_amount, "capture")
-        intent = ev.CaptureRequested(
-            payment_id=payment.id,
-            version=payment.version + 1,
-            occurred_at=self.clock(),
-            amount=amount,
-            idempotency_key=f"{payment.id}-capture-{payment.version + 1}",
-        )
-        payment = await self._commit(payment, lease, [intent])
-        return await self._run_pending(payment, lease)
-
-    async def cancel(self, payment_id: str, reason: str = "") -> Payment:
-        """Cancel before capture: INITIATED needs no gateway; AUTHORIZED / REQUIRES_ACTION are
-        voided at the gateway first."""
-
-        async def run(payment: Payment, lease: Lease) -> Payment:
-            return await self._cancel(payment, lease, reason)
-
-        return await self._locked("cancel", payment_id, run)
-
-    async def _cancel(self, payment: Payment, lease: Lease, reason: str) -> Payment:
-        if self._resumable(payment, "void", None):
-            return await self._run_pending(payment, lease)
-        if payment.state is S.PROCESSING:
-            raise OperationNotAllowed(
-                payment.id, "an attempt is in flight; cancel after its outcome is known"
-            )
-        if payment.state not in _CANCELLABLE:
-            raise InvalidTransition(payment.id, payment.state, S.CANCELLED, "cancel")
-        now = self.clock()
-        if payment.state is S.INITIATED:
-            event = ev.PaymentCancelled(
-                payment_id=payment.id, version=payment.version + 1, occurred_at=now, reason=reason
-            )
-            return await self._commit(payment, lease, [event])
-        intent = ev.VoidRequested(
-            payment_id=payment.id,
-            version=payment.version + 1,
-            occurred_at=now,
-            idempotency_key=f"{payment.id}-void-{payment.version + 1}",
-            reason=reason,
-        )
-        payment = await self._commit(payment, lease, [intent])
-        return await self._run_pending(payment, lease)
-
-    async def refund(
-        self, payment_id: str, amount: Money | None = None, reason: str | None = None
-    ) -> Payment:
-        """Refund a captured payment, fully (default: what is left) or partially, many times."""
-
-        async def run(payment: Payment, lease: Lease) -> Payment:
-            return await self._refund(payment, lease, amount, reason)
-
-        return await self._locked("refund", payment_id, run)
-
-    async def _refund(
-        self, payment: Payment, lease: Lease, amount: Money | None, reason: str | None
-    ) -> Payment:
-        if self._resumable(payment, "refund", amount):
-            return await self._run_pending(payment, lease)
-        if payment.state not in (S.COMPLETED, S.PARTIALLY_REFUNDED):
-            raise InvalidTransition(payment.id, payment.state, S.REFUNDED, "refund")
-        amount = self._operation_amount(payment, amount, payment.refundable_amount, "refund")
-        refund_no = len(payment.refunds) + 1
-        intent = ev.RefundRequested(
-            payment_id=payment.id,
-            version=payment.version + 1,
-            occurred_at=self.clock(),
-            refund_no=refund_no,
-            amount=amount,
-            idempotency_key=f"{payment.id}-refund-{refund_no}",
-            reason=reason,
-        )
-        payment = await self._commit(payment, lease, [intent])
-        return await self._run_pending(payment, lease)
-
-    @staticmethod
-    def _resumable(payment: Payment, kind: str, amount: Money | None) -> bool:
-        """True when ``kind`` is already pending (so the call is a retry of it); raises when
-        another operation is pending or the retry asks for a different amount."""
-        pending = payment.pending
-        if pending is None:
-            return False
-        if pending.kind != kind:
-            raise OperationNotAllowed(
-                payment.id,
-                f"a {pending.kind} is awaiting its outcome; retry it or sync the payment first",
-            )
-        if amount is not None and pending.amount is not None and amount != pending.amount:
-            raise OperationNotAllowed(
-                payment.id,
-                f"a {kind} of {pending.amount} is awaiting its outcome; retry it with the same "
-                "amount (or none) or sync the payment",
-            )
-        return True
-
-    async def _run_pending(self, payment: Payment, lease: Lease) -> Payment:
-        """Make (or repeat) the pending operation's gateway call and record its outcome."""
-        pending = payment.pending
-        assert pending is not None
-        attempt = next(
-            (a for a in reversed(payment.attempts) if a.outcome is Outcome.SUCCEEDED),
-            payment.attempts[-1],
-        )
-        key, reference = pending.idempotency_key, attempt.gateway_reference
-        request: Any
-        if pending.kind == "capture":
-            assert pending.amount is not None
-            request = CaptureRequest(payment.id, key, reference, pending.amount)
-            operation = Operation.CAPTURE
-        elif pending.kind == "refund":
-            assert pending.amount is not None
-            request = RefundRequest(payment.id, key, reference, pending.amount, pending.reason)
-            operation = Operation.REFUND
-        else:
-            request = VoidRequest(payment.id, key, reference)
-            operation = Operation.VOID
-        result = await self._call(attempt.gateway, operation, request, attempt.number)
-        outcome = result.outcome
-        if outcome in (Outcome.UNKNOWN, Outcome.PENDING, Outcome.REQUIRES_ACTION):
-            # Nothing recorded: the intent stays pending and a retry repeats this call.
-            raise OutcomeUnknown(payment.id, pending.kind, result.message or outcome.value)
-        common: dict[str, Any] = {
-            "payment_id": payment.id,
-            "version": payment.version + 1,
-            "occurred_at": self.clock(),
-        }
-        if outcome is Outcome.NOT_SENT:
-            dropped = ev.OperationNotSent(
-                **common, operation=pending.kind, idempotency_key=key, message=result.message
-            )
-            await self._commit(payment, lease, [dropped])
-            raise GatewayUnavailable(payment.id, pending.kind, result.message)
-        succeeded = outcome is Outcome.SUCCEEDED
-        code = result.decline_code or f"{pending.kind}_declined"
-        event: ev.Event
-        if pending.kind == "capture":
-            assert pending.amount is not None
-            event = (
-                ev.PaymentCompleted(
-                    **common,
-                    amount=pending.amount,
-                    idempotency_key=key,
-                    gateway_reference=result.reference or reference,
-                )
-                if succeeded
-                else ev.CaptureFailed(
-                    **common,
-                    amount=pending.amount,
-                    idempotency_key=key,
-                    code=code,
-                    message=result.message,
-                )
-            )
-        elif pending.kind == "refund":
-            assert pending.amount is not None
-            event = (
-                ev.RefundSucceeded(
-                    **common,
-                    refund_no=pending.number,
-                    amount=pending.amount,
-                    idempotency_key=key,
-                    gateway_reference=result.reference,
-                    reason=pending.reason,
-                )
-                if succeeded
-                else ev.RefundFailed(
-                    **common,
-                    refund_no=pending.number,
-                    amount=pending.amount,
-                    idempotency_key=key,
-                    code=code,
-                    message=result.message,
-                )
-            )
-        elif succeeded:
-            event = ev.PaymentCancelled(**common, reason=pending.reason or "", voided=True)
-        else:
-            # A refused void leaves the authorisation as it was: record nothing but the
-            # dropped intent, so the payment can be captured or voided again.
-            event = ev.OperationNotSent(
-                **common, operation="void", idempotency_key=key, message=f"declined: {code}"
-            )
-        payment = await self._commit(payment, lease, [event])
-        if not succeeded:
-            raise GatewayDeclined(payment.id, pending.kind, code, result.message)
-        return payment
-
-    @staticmethod
-    def _operation_amount(
-        payment: Payment, amount: Money | None, limit: Money, operation: str
-    ) -> Money:
-        if amount is None:
-            return limit
-        if not isinstance(amount, Money):
-            raise InvalidInput("amount", f"expected Money, got {type(amount).__name__}")
-        if amount.currency != payment.amount.currency:
-            raise InvalidInput(
-                "amount",
-                f"currency {amount.currency} differs from the payment's {payment.amount.currency}",
-            )
-        if amount.minor == 0:
-            raise InvalidInput("amount", f"{operation} amount must be greater than zero")
-        if amount.minor > limit.minor:
-            raise OperationNotAllowed(
-                payment.id, f"{operation} of {amount} exceeds the {limit} available"
-            )
-        return amount
-
     # -- plumbing ---------------------------------------------------------------------------
 
     async def _locked(
@@ -894,6 +657,3 @@ class PaymentService:
             decline_code=result.decline_code,
             message=result.message,
         )
-
-
-_CANCELLABLE = frozenset({S.INITIATED, S.AUTHORIZED, S.REQUIRES_ACTION})
