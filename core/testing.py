@@ -60,12 +60,16 @@ class ScriptedGateway:
         currencies: Iterable[str] | None = None,
         script: dict[Operation, Sequence[Outcome | GatewayResult]] | None = None,
         capture_on_authorize: bool = True,
+        lose_answers: dict[Operation, int] | None = None,
     ) -> None:
         self.name = name
         self.supported_currencies = frozenset(currencies) if currencies is not None else None
         self.fees = FeeModel()
         self.script = {op: deque(items) for op, items in (script or {}).items()}
         self.capture_on_authorize = capture_on_authorize
+        # The first N answers to captures / refunds are lost after the gateway acted (a read
+        # timeout): exactly the case where a retry with a new key would move money twice.
+        self.lose_answers = dict(lose_answers or {})
         self.calls: list[RecordedCall] = []
         self.answers: dict[str, GatewayResult] = {}
         self.charges: dict[str, int] = {}
@@ -112,15 +116,27 @@ class ScriptedGateway:
             return GatewayResult(Outcome.UNKNOWN, message="scripted: answer lost")
         return answer
 
+    def _maybe_lose(self, operation: Operation, answer: GatewayResult) -> GatewayResult:
+        if self.lose_answers.get(operation, 0) > 0:
+            self.lose_answers[operation] -= 1
+            return GatewayResult(Outcome.UNKNOWN, message="scripted: answer lost")
+        return answer
+
     async def capture(self, request: CaptureRequest) -> GatewayResult:
         self._record(
             Operation.CAPTURE, request.payment_id, request.idempotency_key, request.amount.minor
         )
+        if request.idempotency_key in self.answers:  # idempotent, as real gateways are
+            return self.answers[request.idempotency_key]
         scripted = self._next(Operation.CAPTURE)
         if scripted and scripted.outcome is not Outcome.SUCCEEDED:
             return scripted
         self.captured[request.payment_id] = request.amount.minor
-        return GatewayResult(Outcome.SUCCEEDED, reference=request.gateway_reference, captured=True)
+        answer = GatewayResult(
+            Outcome.SUCCEEDED, reference=request.gateway_reference, captured=True
+        )
+        self.answers[request.idempotency_key] = answer
+        return self._maybe_lose(Operation.CAPTURE, answer)
 
     async def void(self, request: VoidRequest) -> GatewayResult:
         self._record(Operation.VOID, request.payment_id, request.idempotency_key, None)
@@ -144,7 +160,7 @@ class ScriptedGateway:
         )
         answer = GatewayResult(Outcome.SUCCEEDED, reference=f"re-{request.idempotency_key}")
         self.answers[request.idempotency_key] = answer
-        return answer
+        return self._maybe_lose(Operation.REFUND, answer)
 
     async def get_status(self, request: StatusRequest) -> GatewayResult:
         self._record(Operation.STATUS, request.payment_id, request.idempotency_key, None)

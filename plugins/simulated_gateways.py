@@ -122,10 +122,6 @@ class Ledger:
             duplicates += max(0, len(live) - 1)
         return duplicates
 
-    def unsettled_unknowns(self, settled: Callable[[str], bool]) -> int:
-        """UNKNOWN answers whose attempt the engine never settled (``settled(key)`` is False)."""
-        return sum(1 for key in self.unknown_keys if not settled(key))
-
     def take_gateway_time(self, payment_id: str) -> float:
         return self.gateway_time_ms.pop(payment_id, 0.0)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import attrs
 import pytest
 from aegispay import (
-    CaptureRequest,
     GatewayDeclined,
     GatewayResult,
     GatewayUnavailable,
@@ -20,7 +19,6 @@ from aegispay import (
     PaymentRequest,
     PaymentService,
     PaymentState,
-    RefundRequest,
 )
 from aegispay import events as ev
 from aegispay.testing import ScriptedGateway, make_test_service
@@ -43,42 +41,15 @@ def ops(gateway: ScriptedGateway, operation: Operation) -> list[str]:
     return [call.idempotency_key for call in gateway.calls if call.operation is operation]
 
 
-class LostRefundAnswerGateway(ScriptedGateway):
+def LostRefundAnswerGateway() -> ScriptedGateway:
     """Performs every refund, but the answer to the first one is lost (a read timeout after the
     gateway acted): exactly the case where a retry with a new key would refund twice."""
-
-    def __init__(self, name: str = "scripted") -> None:
-        super().__init__(name)
-        self.answers_to_lose = 1
-
-    async def refund(self, request: RefundRequest) -> GatewayResult:
-        result = await super().refund(request)
-        if self.answers_to_lose:
-            self.answers_to_lose -= 1
-            return GatewayResult(Outcome.UNKNOWN, message="read timeout")
-        return result
+    return ScriptedGateway(lose_answers={Operation.REFUND: 1})
 
 
-class LostCaptureAnswerGateway(ScriptedGateway):
-    """Idempotent captures (a repeated key gets the first answer, nothing is captured again),
-    and the answer to the first capture is lost after the gateway captured."""
-
-    def __init__(self, name: str = "scripted") -> None:
-        super().__init__(name)
-        self.answers_to_lose = 1
-
-    async def capture(self, request: CaptureRequest) -> GatewayResult:
-        if request.idempotency_key in self.answers:
-            self._record(
-                Operation.CAPTURE, request.payment_id, request.idempotency_key, request.amount.minor
-            )
-            return self.answers[request.idempotency_key]
-        result = await super().capture(request)
-        self.answers[request.idempotency_key] = result
-        if self.answers_to_lose:
-            self.answers_to_lose -= 1
-            return GatewayResult(Outcome.UNKNOWN, message="read timeout")
-        return result
+def LostCaptureAnswerGateway() -> ScriptedGateway:
+    """Captures idempotently, and the answer to the first capture is lost after capturing."""
+    return ScriptedGateway(lose_answers={Operation.CAPTURE: 1})
 
 
 async def authorized_payment(service: PaymentService, minor: int = 1000) -> Payment:

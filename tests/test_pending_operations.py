@@ -101,26 +101,10 @@ class InspectingGateway(ScriptedGateway):
         return await super().void(request)
 
 
-class LostCaptureAnswerGateway(ScriptedGateway):
+def LostCaptureAnswerGateway() -> ScriptedGateway:
     """Captures idempotently (a repeated key gets the first answer and captures nothing new),
     and loses the answer to the first capture after capturing."""
-
-    def __init__(self, name: str = "scripted") -> None:
-        super().__init__(name, capture_on_authorize=False)
-        self.answers_to_lose = 1
-
-    async def capture(self, request: CaptureRequest) -> GatewayResult:
-        if request.idempotency_key in self.answers:
-            self._record(
-                Operation.CAPTURE, request.payment_id, request.idempotency_key, request.amount.minor
-            )
-            return self.answers[request.idempotency_key]
-        result = await super().capture(request)
-        self.answers[request.idempotency_key] = result
-        if self.answers_to_lose:
-            self.answers_to_lose -= 1
-            return GatewayResult(Outcome.UNKNOWN, message="read timeout")
-        return result
+    return ScriptedGateway(capture_on_authorize=False, lose_answers={Operation.CAPTURE: 1})
 
 
 async def consistent(service: PaymentService, payment_id: str) -> Payment:
