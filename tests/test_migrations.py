@@ -26,7 +26,30 @@ from store_conformance import change, lifecycle
 
 pytestmark = pytest.mark.anyio
 
-TABLES = {"alembic_version", "idempotency_keys", "outbox", "payment_events", "payments"}
+TABLES = {
+    "alembic_version",
+    "idempotency_keys",
+    "outbox",
+    "outbox_leases",
+    "payment_attempts",
+    "payment_events",
+    "payments",
+}
+
+
+def _metadata_0001() -> sa.MetaData:
+    """The tables as revision 0001 (and the pre-migrations ``create_all``) made them."""
+    added = {"outbox": {"next_attempt_at"}, "idempotency_keys": {"state", "recovery_point",
+             "locked_at"}}  # fmt: skip
+    old = sa.MetaData()
+    for name in ("payments", "payment_events", "outbox", "idempotency_keys"):
+        table = metadata.tables[name]
+        columns = [c._copy() for c in table.columns if c.name not in added.get(name, set())]
+        sa.Table(name, old, *columns)
+    return old
+
+
+_schema_0001 = _metadata_0001()
 Factory = Callable[[], SqlStore]
 
 
@@ -98,7 +121,7 @@ async def test_upgrade_from_empty_creates_all_tables_and_stamps_head(make_store:
     assert await run_sync(store, tables) == set()
     await store.upgrade_schema()
     assert await run_sync(store, tables) == TABLES
-    assert await run_sync(store, stamped(store._schema)) == migrations.heads() == ("0001",)
+    assert await run_sync(store, stamped(store._schema)) == migrations.heads() == ("0002",)
     await store.check_schema()
     await store.commit(change(None, lifecycle("pay_1")[:1]))
     assert await store.payment_ids() == ["pay_1"]
@@ -111,7 +134,7 @@ async def test_upgrade_twice_is_a_no_op(make_store: Factory) -> None:
     again = make_store()
     await again.upgrade_schema()
     await again.create_schema()  # the alias
-    assert await run_sync(again, stamped(again._schema)) == ("0001",)
+    assert await run_sync(again, stamped(again._schema)) == ("0002",)
     assert await again.payment_ids() == ["pay_1"]
 
 
@@ -183,18 +206,19 @@ async def test_migrated_schema_matches_metadata(make_store: Factory) -> None:
 
 
 async def test_pre_migration_database_is_adopted(make_store: Factory) -> None:
-    """A database made by the old ``metadata.create_all`` is stamped 0001, data kept."""
+    """A database made by the pre-migrations ``metadata.create_all`` (the 0001 tables) is
+    stamped 0001, then upgraded, data kept."""
     store = make_store()
-    await run_sync(store, metadata.create_all)
+    await run_sync(store, _schema_0001.create_all)
     await make_store().upgrade_schema()
     await store.commit(change(None, lifecycle("pay_1")[:1]))
-    assert await run_sync(store, stamped(store._schema)) == ("0001",)
+    assert await run_sync(store, stamped(store._schema)) == ("0002",)
     assert await store.payment_ids() == ["pay_1"]
 
 
 def test_migrations_know_one_linear_history() -> None:
-    assert migrations.heads() == ("0001",)
-    assert migrations.is_known("0001") and not migrations.is_known("ffff")
+    assert migrations.heads() == ("0002",)
+    assert migrations.is_known("0001") and migrations.is_known("0002") and not migrations.is_known("ffff")
     assert (migrations.LOCATION / "env.py").is_file()
 
 
@@ -211,7 +235,7 @@ def test_cli_upgrade_twice_then_simulate(tmp_path: Path) -> None:
         assert "schema up to date" in result.stdout
     with sqlite3.connect(tmp_path / "pay.db") as connection:
         (version,) = connection.execute("select version_num from alembic_version").fetchone()
-    assert version == "0001"
+    assert version == "0002"
     result = aegispay("simulate", "--payments", "5", "--latency-ms", "0", "--store", url, "--json")
     assert result.returncode == 0, result.stderr
 

@@ -116,9 +116,19 @@ outbox = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("last_error", sa.Text, nullable=True),
     sa.Column("parked", sa.Boolean, nullable=False, default=False),
+    sa.Column("next_attempt_at", _UtcDateTime, nullable=True),
 )
 # The relay's query: unpublished, unparked, by seq.
 sa.Index("ix_outbox_pending", outbox.c.published_at, outbox.c.parked, outbox.c.seq)
+sa.Index("ix_outbox_payment", outbox.c.payment_id, outbox.c.sequence)
+# A relay's lease on one payment's queue: several relays, per-payment order.
+outbox_leases = sa.Table(
+    "outbox_leases",
+    metadata,
+    sa.Column("payment_id", sa.String(255), primary_key=True),
+    sa.Column("owner", sa.String(255), nullable=False),
+    sa.Column("expires_at", _UtcDateTime, nullable=False),
+)
 idempotency_keys = sa.Table(
     "idempotency_keys",
     metadata,
@@ -129,6 +139,23 @@ idempotency_keys = sa.Table(
     sa.Column("response", sa.Text, nullable=False),
     sa.Column("created_at", _UtcDateTime, nullable=False),
     sa.Column("expires_at", _UtcDateTime, nullable=False),
+    sa.Column("state", sa.String(32), nullable=False, server_default="completed"),
+    sa.Column("recovery_point", sa.String(64), nullable=False, server_default="created"),
+    sa.Column("locked_at", _UtcDateTime, nullable=True),
+)
+payment_attempts = sa.Table(
+    "payment_attempts",
+    metadata,
+    sa.Column("payment_id", sa.String(255), primary_key=True),
+    sa.Column("attempt_no", sa.Integer, primary_key=True),
+    sa.Column("gateway", sa.String(100), nullable=False),
+    sa.Column("idempotency_key", sa.String(300), nullable=False, unique=True),
+    sa.Column("outcome", sa.String(32), nullable=True),
+    sa.Column("gateway_reference", sa.String(255), nullable=True),
+    sa.Column("updated_at", _UtcDateTime, nullable=False),
+)
+sa.Index(
+    "ix_payment_attempts_reference", payment_attempts.c.gateway, payment_attempts.c.gateway_reference
 )
 
 _PENDING = sa.and_(outbox.c.published_at.is_(None), outbox.c.parked.is_(False))
