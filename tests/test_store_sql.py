@@ -131,6 +131,8 @@ class TestPostgresStore(_SqlConformance):
             "alembic_version",
             "idempotency_keys",
             "outbox",
+            "outbox_leases",
+            "payment_attempts",
             "payment_events",
             "payments",
         ]
