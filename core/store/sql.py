@@ -46,6 +46,28 @@ from ..serialization import EventTypes, make_converter
 from ..urls import safe_url
 from . import migrations
 from .base import UNSETTLED_STATES, Change, IdempotencyClaimed, IdempotencyRecord, is_unsettled
+from .sql_schema import (
+    idempotency_keys,
+    metadata,
+    outbox,
+    outbox_leases,
+    payment_attempts,
+    payment_events,
+    payments,
+)
+
+# The tables are re-exported: migrations' env.py and the tests import them from here.
+__all__ = [
+    "SqlStore",
+    "idempotency_keys",
+    "metadata",
+    "normalise_url",
+    "outbox",
+    "outbox_leases",
+    "payment_attempts",
+    "payment_events",
+    "payments",
+]
 
 _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
 _ALIASES = {"postgres": "postgresql"}
@@ -68,95 +90,6 @@ def normalise_url(url: str) -> str:
     # Swap the scheme as text: re-rendering the URL would re-quote its parts (":memory:").
     return _ASYNC_DRIVERS[name] + url[url.index(":") :]
 
-
-class _UtcDateTime(sa.TypeDecorator[datetime]):
-    """Timezone-aware in, timezone-aware out: SQLite keeps no zone, so store and read UTC."""
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
-        return value.astimezone(UTC) if value is not None else None
-
-    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value
-
-
-metadata = sa.MetaData()
-payments = sa.Table(
-    "payments",
-    metadata,
-    sa.Column("id", sa.String(255), primary_key=True),
-    sa.Column("version", sa.Integer, nullable=False),
-    sa.Column("state", sa.String(32), nullable=False),
-    sa.Column("fence", sa.BigInteger, nullable=False),
-    sa.Column("data", sa.Text, nullable=False),
-)
-payment_events = sa.Table(
-    "payment_events",
-    metadata,
-    sa.Column("payment_id", sa.String(255), primary_key=True),
-    sa.Column("version", sa.Integer, primary_key=True),
-    sa.Column("event_id", sa.String(300), nullable=False, unique=True),
-    sa.Column("type", sa.String(100), nullable=False),
-    sa.Column("occurred_at", _UtcDateTime, nullable=False),
-    sa.Column("data", sa.Text, nullable=False),
-)
-outbox = sa.Table(
-    "outbox",
-    metadata,
-    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
-    sa.Column("message_id", sa.String(300), nullable=False, unique=True),
-    sa.Column("payment_id", sa.String(255), nullable=False),
-    sa.Column("sequence", sa.Integer, nullable=False),
-    sa.Column("data", sa.Text, nullable=False),
-    sa.Column("published_at", _UtcDateTime, nullable=True),
-    sa.Column("attempts", sa.Integer, nullable=False, default=0),
-    sa.Column("last_error", sa.Text, nullable=True),
-    sa.Column("parked", sa.Boolean, nullable=False, default=False),
-    sa.Column("next_attempt_at", _UtcDateTime, nullable=True),
-)
-# The relay's query: unpublished, unparked, by seq.
-sa.Index("ix_outbox_pending", outbox.c.published_at, outbox.c.parked, outbox.c.seq)
-sa.Index("ix_outbox_payment", outbox.c.payment_id, outbox.c.sequence)
-# A relay's lease on one payment's queue: several relays, per-payment order.
-outbox_leases = sa.Table(
-    "outbox_leases",
-    metadata,
-    sa.Column("payment_id", sa.String(255), primary_key=True),
-    sa.Column("owner", sa.String(255), nullable=False),
-    sa.Column("expires_at", _UtcDateTime, nullable=False),
-)
-idempotency_keys = sa.Table(
-    "idempotency_keys",
-    metadata,
-    sa.Column("scope", sa.String(255), primary_key=True),
-    sa.Column("key", sa.String(255), primary_key=True),
-    sa.Column("fingerprint", sa.String(255), nullable=False),
-    sa.Column("payment_id", sa.String(255), nullable=False),
-    sa.Column("response", sa.Text, nullable=False),
-    sa.Column("created_at", _UtcDateTime, nullable=False),
-    sa.Column("expires_at", _UtcDateTime, nullable=False),
-    sa.Column("state", sa.String(32), nullable=False, server_default="completed"),
-    sa.Column("recovery_point", sa.String(64), nullable=False, server_default="created"),
-    sa.Column("locked_at", _UtcDateTime, nullable=True),
-)
-payment_attempts = sa.Table(
-    "payment_attempts",
-    metadata,
-    sa.Column("payment_id", sa.String(255), primary_key=True),
-    sa.Column("attempt_no", sa.Integer, primary_key=True),
-    sa.Column("gateway", sa.String(100), nullable=False),
-    sa.Column("idempotency_key", sa.String(300), nullable=False, unique=True),
-    sa.Column("outcome", sa.String(32), nullable=True),
-    sa.Column("gateway_reference", sa.String(255), nullable=True),
-    sa.Column("updated_at", _UtcDateTime, nullable=False),
-)
-sa.Index(
-    "ix_payment_attempts_reference", payment_attempts.c.gateway, payment_attempts.c.gateway_reference
-)
 
 _PENDING = sa.and_(outbox.c.published_at.is_(None), outbox.c.parked.is_(False))
 
@@ -320,7 +253,14 @@ class SqlStore:
             raise _Rejected
 
     async def _claim(self, conn: AsyncConnection, record: IdempotencyRecord) -> None:
-        row = {
+        try:
+            await conn.execute(idempotency_keys.insert(), [self._claim_row(record)])
+        except exc.IntegrityError:
+            raise _Claimed from None
+
+    def _claim_row(self, record: IdempotencyRecord) -> dict[str, Any]:
+        """The ``idempotency_keys`` row for a new claim (shared by every write path)."""
+        return {
             "scope": record.scope,
             "key": record.key,
             "fingerprint": record.fingerprint,
@@ -329,26 +269,32 @@ class SqlStore:
             "created_at": record.created_at,
             "expires_at": record.expires_at,
         }
-        try:
-            await conn.execute(idempotency_keys.insert(), [row])
-        except exc.IntegrityError:
-            raise _Claimed from None
 
     async def _append(self, conn: AsyncConnection, change: Change) -> None:
         if not change.events:
             return
+        history, messages = self._event_rows(change.events)
+        await self._insert(conn, payment_events, history)
+        # Inserted in event order inside this transaction, so seq order is commit order.
+        await self._insert(conn, outbox, messages)
+
+    def _event_rows(
+        self, events: Sequence[Event]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The ``payment_events`` rows and the ``outbox`` rows for ``events``."""
         history, messages = [], []
-        for e in change.events:
+        for e in events:
             data = _dumps(self._event_types.to_dict(e))
             key = {"payment_id": e.payment_id, "data": data}
             history.append(
                 {**key, "version": e.version, "event_id": e.event_id, "type": e.type_name}
                 | {"occurred_at": e.occurred_at}
             )
-            messages.append({**key, "message_id": e.event_id, "sequence": e.version})
-        await self._insert(conn, payment_events, history)
-        # Inserted in event order inside this transaction, so seq order is commit order.
-        await self._insert(conn, outbox, [m | {"attempts": 0, "parked": False} for m in messages])
+            messages.append(
+                {**key, "message_id": e.event_id, "sequence": e.version}
+                | {"attempts": 0, "parked": False}
+            )
+        return history, messages
 
     async def _insert(self, conn: AsyncConnection, table: sa.Table, rows: list[Any]) -> None:
         try:
