@@ -77,6 +77,15 @@ def aegispay_register_event_sinks(
         the batch again later (at-least-once delivery: deduplicate on ``message.message_id``).
     :param config: every plugin's configuration.
 
+    The JSON form of an event is ``service.event_types.to_dict(event)``, plugin event types
+    included. The service is not passed here: take it from ``aegispay_startup``, which runs
+    before its relay publishes anything. Before that (or without it),
+    ``aegispay.serialization.EventTypes().to_dict(event)`` gives the same dict: turning an event
+    into a dict depends only on its class; the registry is needed to load events back.
+
+    There is no shutdown hook: a sink holding connections should open them on its first
+    ``publish`` and offer an idempotent ``aclose()`` for its owner to call.
+
     The return value is ignored. Called once when a service is built.
     """
 

@@ -2,6 +2,9 @@
 
 Each is a class constructed with its own configuration section (``[plugins.<name>]``), and each
 hook implementation is ``trylast`` so an installed plugin runs first (and wins routing).
+
+The event sinks (``log_sink``, ``redis_streams``, ``webhooks``) register nothing unless their
+section is configured; see docs/plugin-guide.md, "Event sinks".
 """
 
 from __future__ import annotations
@@ -13,9 +16,12 @@ def BUILTIN_PLUGINS() -> tuple[tuple[str, Any], ...]:
     """(name, plugin class) for every built-in plugin, in registration order."""
     from .event_log import EventLogPlugin
     from .fraud_rules import FraudRulesPlugin
+    from .log_sink import LogSinkPlugin
     from .priority_routing import PriorityRoutingPlugin
+    from .redis_streams_sink import RedisStreamsPlugin
     from .simulated_gateways import SimulatedGatewaysPlugin
     from .validation import ValidationPlugin
+    from .webhook_sink import WebhooksPlugin
 
     return (
         ("simulated_gateways", SimulatedGatewaysPlugin),
@@ -23,4 +29,7 @@ def BUILTIN_PLUGINS() -> tuple[tuple[str, Any], ...]:
         ("fraud_rules", FraudRulesPlugin),
         ("priority_routing", PriorityRoutingPlugin),
         ("event_log", EventLogPlugin),
+        ("log_sink", LogSinkPlugin),
+        ("redis_streams", RedisStreamsPlugin),
+        ("webhooks", WebhooksPlugin),
     )

@@ -55,7 +55,11 @@ BUILTIN_HOOKS: dict[str, tuple[str, ...]] = {
     "fraud_rules": ("aegispay_check_fraud",),
     "priority_routing": ("aegispay_select_gateway",),
     "event_log": ("aegispay_on_event",),
+    "log_sink": ("aegispay_register_event_sinks",),
+    "redis_streams": ("aegispay_register_event_sinks", "aegispay_startup"),
+    "webhooks": ("aegispay_register_event_sinks", "aegispay_startup"),
 }
+SINKS = ["log_sink", "redis_streams", "webhooks"]  # the built-in sinks, registered last
 
 
 def usd(amount: str = "10.00", **fields: Any) -> PaymentRequest:
@@ -386,7 +390,13 @@ async def test_service_runs_despite_broken_plugin(
 
 def test_deny_omits_builtin() -> None:
     host = make_plugin_host(deny=["fraud_rules"], entry_points=False)
-    assert names(host) == ["simulated_gateways", "validation", "priority_routing", "event_log"]
+    assert names(host) == [
+        "simulated_gateways",
+        "validation",
+        "priority_routing",
+        "event_log",
+        *SINKS,
+    ]
     assert impl_owners(host, "aegispay_check_fraud") == []
 
 
@@ -438,17 +448,17 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyP
         (
             "AEGISPAY_PLUGINS__DENY",
             "fraud_rules",
-            ["simulated_gateways", "validation", "priority_routing", "event_log"],
+            ["simulated_gateways", "validation", "priority_routing", "event_log", *SINKS],
         ),
         (
             "AEGISPAY_PLUGINS__DENY",
-            "fraud_rules, event_log",
-            ["simulated_gateways", "validation", "priority_routing"],
+            "fraud_rules, event_log, webhooks",
+            ["simulated_gateways", "validation", "priority_routing", "log_sink", "redis_streams"],
         ),
         (
             "AEGISPAY_PLUGINS__DENY",
             '["fraud_rules"]',
-            ["simulated_gateways", "validation", "priority_routing", "event_log"],
+            ["simulated_gateways", "validation", "priority_routing", "event_log", *SINKS],
         ),
         (
             "AEGISPAY_PLUGINS__ALLOW",
