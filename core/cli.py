@@ -572,24 +572,40 @@ def replay_command(
 @click.pass_context
 def reconcile(ctx: click.Context, older_than: float, store_url: str | None, as_json: bool) -> None:
     """Settle payments stuck PROCESSING / UNKNOWN or with a pending operation: ask their
-    gateway for the status with the same idempotency key."""
+    gateway for the status with the same idempotency key. Then finish the keyed payment
+    requests a crash left in flight: process a payment left INITIATED, complete the key of
+    one now settled (what the janitor of a running service does periodically)."""
 
-    async def body(service: Any) -> Any:
+    async def body(service: Any) -> tuple[Any, Any]:
         async with service:  # startup hooks run, and the events it commits are published
-            return await service.reconcile(older_than)
+            payments = await service.reconcile(older_than)
+            keys = await service.resume_idempotency_keys(older_than)
+            return payments, keys
 
-    report = _run_with(ctx, store_url, body).to_dict()
+    payments, keys = _run_with(ctx, store_url, body)
+    report, resumed = payments.to_dict(), keys.to_dict()
     if as_json:
-        click.echo(json.dumps(report, indent=2, sort_keys=True))
+        click.echo(json.dumps(report | {"idempotency": resumed}, indent=2, sort_keys=True))
         return
+
+    def counts(values: dict[str, int]) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(values.items())) or "none"
+
     click.echo(f"examined: {report['examined']}")
-    settled = ", ".join(f"{k} {v}" for k, v in sorted(report["settled"].items())) or "none"
-    click.echo(f"settled: {report['settled_total']} ({settled})")
+    click.echo(f"settled: {report['settled_total']} ({counts(report['settled'])})")
     click.echo(f"still open: {report['still_open']}")
     for pid in report["still_open_ids"]:
         click.echo(f"  {pid}")
-    errors = ", ".join(f"{k} {v}" for k, v in sorted(report["errors"].items())) or "none"
-    click.echo(f"errors: {errors}")
+    click.echo(f"errors: {counts(report['errors'])}")
+    click.echo(
+        f"in-flight idempotency keys: {resumed['examined']} examined, {resumed['resumed']} "
+        f"processed, {resumed['completed_total']} completed ({counts(resumed['completed'])}), "
+        f"{resumed['still_in_flight']} still in flight"
+    )
+    for pid in resumed["still_in_flight_ids"]:
+        click.echo(f"  {pid}")
+    if resumed["errors"]:
+        click.echo(f"idempotency key errors: {counts(resumed['errors'])}")
 
 
 @cli.group()
@@ -597,42 +613,51 @@ def outbox() -> None:
     """The transactional outbox: what waits to be published, what was parked."""
 
 
+def _parked_dict(message: Any, error: str) -> dict[str, Any]:
+    return {
+        "message_id": message.message_id,
+        "payment_id": message.payment_id,
+        "sequence": message.sequence,
+        "type": message.event.type_name,
+        "attempts": message.attempts,
+        "error": error,
+    }
+
+
 @outbox.command("status")
 @click.option("--store", "store_url", default=None, help=_STORE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
 def outbox_status(ctx: click.Context, store_url: str | None, as_json: bool) -> None:
-    """Messages waiting to be published, and parked messages with their last error."""
-    import inspect
+    """Messages waiting to be published (deliverable now or backing off after a failed
+    delivery), payments being delivered, and parked messages with their last error."""
+    from .outbox import utc_now
 
-    async def body(service: Any) -> tuple[int | None, list[Any]]:
+    async def body(service: Any) -> tuple[Any, list[Any]]:
         store = service.store
-        size: int | None = None
-        counter = getattr(store, "outbox_size", None)
-        if counter is not None:
-            result = counter()
-            size = await result if inspect.isawaitable(result) else result
-        return size, await store.outbox_parked()
+        return await store.outbox_counts(utc_now()), await store.outbox_parked()
 
-    pending, parked = _run_with(ctx, store_url, body)
+    counts, parked = _run_with(ctx, store_url, body)
+    next_retry = counts.next_retry_at.isoformat() if counts.next_retry_at else None
     if as_json:
         report = {
-            "pending": pending,
-            "parked": [
-                {
-                    "message_id": m.message_id,
-                    "payment_id": m.payment_id,
-                    "sequence": m.sequence,
-                    "type": m.event.type_name,
-                    "attempts": m.attempts,
-                    "error": error,
-                }
-                for m, error in parked
-            ],
+            "pending": counts.pending,
+            "ready": counts.ready,
+            "backing_off": counts.backing_off,
+            "backing_off_payments": counts.backing_off_payments,
+            "leased_payments": counts.leased_payments,
+            "next_retry_at": next_retry,
+            "parked": [_parked_dict(m, error) for m, error in parked],
         }
         click.echo(json.dumps(report, indent=2, sort_keys=True))
         return
-    click.echo(f"pending: {'unknown' if pending is None else pending}")
+    click.echo(f"pending: {counts.pending}")
+    click.echo(f"  ready: {counts.ready}")
+    click.echo(
+        f"  backing off: {counts.backing_off} "
+        f"({counts.backing_off_payments} payment(s); next retry {next_retry or '-'})"
+    )
+    click.echo(f"being delivered: {counts.leased_payments} payment(s)")
     click.echo(f"parked: {len(parked)}")
     for message, error in parked:
         click.echo(
@@ -641,34 +666,83 @@ def outbox_status(ctx: click.Context, store_url: str | None, as_json: bool) -> N
         )
 
 
+@outbox.command("requeue")
+@click.argument("message_ids", nargs=-1)
+@click.option("--all", "requeue_all", is_flag=True, help="Requeue every parked message.")
+@click.option("--store", "store_url", default=None, help=_STORE_HELP)
+@click.pass_context
+def outbox_requeue(
+    ctx: click.Context, message_ids: tuple[str, ...], requeue_all: bool, store_url: str | None
+) -> None:
+    """Unpark MESSAGE_ID... (or --all): they are delivered again, with a fresh attempt count,
+    ahead of their payment's later pending messages. A running relay picks them up by itself
+    (a relay in another process at its next poll)."""
+    if requeue_all == bool(message_ids):
+        raise click.UsageError("give MESSAGE_ID... or --all (not both)")
+
+    async def body(service: Any) -> list[str]:
+        requeued: list[str] = await service.store.outbox_requeue(
+            None if requeue_all else list(message_ids)
+        )
+        return requeued
+
+    requeued = _run_with(ctx, store_url, body)
+    for message_id in requeued:
+        click.echo(f"requeued {message_id}")
+    missing = [m for m in message_ids if m not in set(requeued)]
+    for message_id in missing:
+        click.echo(f"not parked: {message_id}", err=True)
+    click.echo(f"requeued: {len(requeued)}")
+    if missing:
+        ctx.exit(1)
+
+
+async def _until_stopped() -> None:
+    """Return on SIGINT or SIGTERM (then the relay stops cleanly)."""
+    import signal
+
+    try:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                return
+    except NotImplementedError:  # no signal handling on this platform: Ctrl-C interrupts
+        await anyio.sleep_forever()
+
+
 @outbox.command("relay")
 @click.option("--store", "store_url", default=None, help=_STORE_HELP)
-@click.option("--once", is_flag=True, help="Publish what is pending now, then exit.")
+@click.option("--once", is_flag=True, help="Publish what is deliverable now, then exit.")
 @click.option(
     "--interval",
     type=click.FloatRange(min=0.01),
     default=1.0,
     show_default=True,
-    help="Seconds between polls for messages committed by other processes.",
+    help="Seconds between looks for messages committed by other processes.",
 )
 @click.pass_context
 def outbox_relay(ctx: click.Context, store_url: str | None, once: bool, interval: float) -> None:
-    """Publish committed outbox messages to the sinks and event listeners."""
+    """Publish committed outbox messages to the sinks and event listeners. Any number of
+    relays may run on one database: they share the payments, each payment's messages in
+    order; payments whose delivery fails back off without holding up the others."""
 
     async def body(service: Any) -> int:
-        published = 0
-        async with service:
-            while True:
-                published += int(await service.relay.drain())
-                if once:
-                    return published
-                await anyio.sleep(interval)
+        relay = service.relay
+        relay.poll_interval = interval
+        async with service:  # runs the relay (and the plugins' startup hooks)
+            if once:
+                await relay.drain()
+            else:
+                await _until_stopped()
+        # Leaving the service stopped the relay and drained: no lease is left behind.
+        return int(relay.published)
 
     try:
         published = _run_with(ctx, store_url, body)
     except KeyboardInterrupt:
         click.echo("relay stopped", err=True)
         return
+    if not once:
+        click.echo("relay stopped", err=True)
     click.echo(f"published: {published}")
 
 

@@ -30,8 +30,10 @@ from . import events as ev
 from .decisions import FraudVerdict, HookContext, RouteDecision, Verdict, combine_verdicts
 from .errors import (
     AegisPayError,
+    IdempotencyKeyInProgress,
     IdempotencyKeyReused,
     InvalidInput,
+    LockTimeout,
     PaymentNotFound,
 )
 from .gateway_calls import GatewayCaller
@@ -45,6 +47,7 @@ from .gateways import (
     supports_currency,
 )
 from .hooks import Hooks
+from .janitor import Janitor
 from .locks.base import Lease, LockManager
 from .observe import OperationRecord
 from .outbox import EventSink, OutboxRelay
@@ -56,10 +59,14 @@ from .serialization import EventTypes
 from .settings import EngineSettings
 from .states import PaymentState
 from .store.base import (
+    COMPLETED,
+    IN_FLIGHT,
     Change,
     IdempotencyClaimed,
     IdempotencyRecord,
+    IdempotencyState,
     PaymentStore,
+    RecoveryPoint,
     is_unsettled,
 )
 
@@ -94,12 +101,54 @@ class ReconcileReport:
         }
 
 
+@attrs.frozen
+class ResumeReport:
+    """What :meth:`PaymentService.resume_idempotency_keys` did.
+
+    ``examined`` keyed requests were in flight and untouched past the cutoff; ``completed``
+    counts those whose record is now completed, by their payment's state (``resumed`` of
+    them were processed from ``created`` by this pass); ``still_in_flight`` those left in
+    flight (their payment still open at a gateway, for ``reconcile`` to settle; or an error);
+    ``errors`` counts the errors raised, by type name.
+    """
+
+    examined: int = 0
+    completed: Mapping[str, int] = attrs.field(factory=dict)
+    resumed: int = 0
+    still_in_flight: int = 0
+    errors: Mapping[str, int] = attrs.field(factory=dict)
+    still_in_flight_ids: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "examined": self.examined,
+            "completed": dict(self.completed),
+            "completed_total": sum(self.completed.values()),
+            "resumed": self.resumed,
+            "still_in_flight": self.still_in_flight,
+            "still_in_flight_ids": list(self.still_in_flight_ids),
+            "errors": dict(self.errors),
+        }
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
 def new_payment_id() -> str:
     return "pay_" + os.urandom(12).hex()
+
+
+def progress(payment: Payment) -> tuple[RecoveryPoint, IdempotencyState]:
+    """Where a keyed ``pay`` request stands, judged by its payment (the source of truth):
+    ``created`` while INITIATED; ``processing`` while open at a gateway (an attempt in flight
+    or UNKNOWN, a pending capture); ``finished`` and completed once settled or waiting on the
+    customer (REQUIRES_ACTION: the customer's action, not this request, comes next)."""
+    if payment.state is S.INITIATED:
+        return "created", IN_FLIGHT
+    if payment.state is not S.REQUIRES_ACTION and is_unsettled(payment):
+        return "processing", IN_FLIGHT
+    return "finished", COMPLETED
 
 
 class PaymentService(PostAuthorizationOperations):
@@ -138,6 +187,11 @@ class PaymentService(PostAuthorizationOperations):
         self.relay = OutboxRelay(store, list(sinks.values()), self.hooks)
         self._call = GatewayCaller(self._gateways, self.hooks, self.engine.gateway_timeout_s)
         store.on_commit(self.relay.notify)
+        # Always built (``run_once`` works even when the periodic loop is off); the loop runs
+        # only while the service is entered and ``engine.reconcile_interval_s`` is not 0.
+        self.janitor = Janitor(
+            self, self.engine.reconcile_interval_s, self.engine.reconcile_after_s
+        )
         self._task_group: TaskGroup | None = None
 
     # -- building -------------------------------------------------------------------------
@@ -183,6 +237,8 @@ class PaymentService(PostAuthorizationOperations):
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._task_group.start_soon(self.relay.run, name="aegispay outbox relay")
+        if self.janitor.enabled:
+            self._task_group.start_soon(self.janitor.run, name="aegispay janitor")
         return self
 
     async def __aexit__(
@@ -236,15 +292,25 @@ class PaymentService(PostAuthorizationOperations):
     ) -> Payment:
         """Validate and store a new payment (INITIATED). Nothing is sent to a gateway.
 
-        With ``idempotency_key`` (scoped per merchant): the same key and the same request
-        return the first result; the same key with any difference raises
-        IdempotencyKeyReused; concurrent duplicates create one payment.
+        With ``idempotency_key`` (scoped per merchant, kept ``engine.idempotency_ttl_s``
+        seconds): the same key and the same request return the first result, the payment as
+        it was created - also while a :meth:`pay` that claimed the key is still processing
+        it, since the creation asked for here was done with the claim, in one transaction.
+        The same key with any difference raises IdempotencyKeyReused; concurrent duplicates
+        create one payment. The key is claimed *completed*: nothing is left to resume. An
+        expired key is a new key (its old record is replaced).
         """
+        payment, _ = await self._create_observed(request, idempotency_key, COMPLETED)
+        return payment
+
+    async def _create_observed(
+        self, request: PaymentRequest, key: str | None, state: IdempotencyState
+    ) -> tuple[Payment, IdempotencyRecord | None]:
         started = time.perf_counter() if self.hooks.wants_operations else 0.0
         payment: Payment | None = None
         try:
-            payment = await self._create(request, idempotency_key)
-            return payment
+            payment, existing = await self._create(request, key, state)
+            return payment, existing
         except BaseException as error:
             await self._finished("create", None, None, error, started)
             raise
@@ -252,7 +318,11 @@ class PaymentService(PostAuthorizationOperations):
             if payment is not None:
                 await self._finished("create", payment.id, payment, None, started)
 
-    async def _create(self, request: PaymentRequest, key: str | None) -> Payment:
+    async def _create(
+        self, request: PaymentRequest, key: str | None, state: IdempotencyState
+    ) -> tuple[Payment, IdempotencyRecord | None]:
+        """The payment, and with it the key's existing record when this is a replay (None:
+        this call created the payment, claiming ``key`` as ``state`` in the same commit)."""
         if not isinstance(request, PaymentRequest):
             raise InvalidInput("request", f"expected PaymentRequest, got {type(request).__name__}")
         fingerprint = None
@@ -260,9 +330,9 @@ class PaymentService(PostAuthorizationOperations):
             if not isinstance(key, str) or not key:
                 raise InvalidInput("idempotency_key", "must be a non-empty string")
             fingerprint = request.fingerprint()
-            existing = await self.store.find_idempotency(request.merchant_id, key)
+            existing = await self.store.find_idempotency(request.merchant_id, key, self.clock())
             if existing is not None:
-                return self._idempotent_replay(existing, fingerprint)
+                return self._idempotent_replay(existing, fingerprint), existing
         await self.hooks.validate_payment(
             request, self._context("create", request.merchant_id, key)
         )
@@ -287,14 +357,16 @@ class PaymentService(PostAuthorizationOperations):
         if key is not None and fingerprint is not None:
             ttl = timedelta(seconds=self.engine.idempotency_ttl_s)
             record = IdempotencyRecord(
-                request.merchant_id, key, fingerprint, payment_id, payment, now, now + ttl
-            )
+                request.merchant_id, key, fingerprint, payment_id, payment, now, now + ttl,
+                state=state, recovery_point="created",
+                locked_at=now if state == IN_FLIGHT else None,
+            )  # fmt: skip
         try:
             await self.store.commit(Change(payment, 0, (event,), idempotency=record))
         except IdempotencyClaimed as claimed:  # a concurrent duplicate won the claim
             assert fingerprint is not None
-            return self._idempotent_replay(claimed.existing, fingerprint)
-        return payment
+            return self._idempotent_replay(claimed.existing, fingerprint), claimed.existing
+        return payment, None
 
     @staticmethod
     def _idempotent_replay(existing: IdempotencyRecord, fingerprint: str) -> Payment:
@@ -305,9 +377,77 @@ class PaymentService(PostAuthorizationOperations):
     # -- process --------------------------------------------------------------------------
 
     async def pay(self, request: PaymentRequest, *, idempotency_key: str | None = None) -> Payment:
-        """``create_payment`` then ``process_payment``."""
-        payment = await self.create_payment(request, idempotency_key=idempotency_key)
-        return await self.process_payment(payment.id)
+        """``create_payment`` then ``process_payment``.
+
+        With ``idempotency_key``, the key is claimed *in flight* at recovery point
+        ``created``, in the transaction that creates the payment. Once processing leaves the
+        payment settled, or waiting on the customer (REQUIRES_ACTION), the key is completed;
+        while the payment is still open at a gateway (an UNKNOWN outcome) it stays in flight
+        at ``processing``. A crash in between leaves the key in flight: the janitor
+        (:meth:`resume_idempotency_keys`, also run by ``aegispay reconcile``) or the client's
+        retry resumes it.
+
+        A duplicate (same key, same request) gets the one payment, charged at most once:
+
+        * key completed - the payment is processed again, which changes nothing (it is
+          idempotent), and returned as it is now;
+        * key in flight (the first request still running, or crashed) - the duplicate joins
+          it: ``process_payment`` waits for the payment's lock, then does only what is left,
+          and the result is returned (and the key completed, if the first request died).
+          If the lock is not granted within ``engine.lock_timeout_s``, because another
+          caller is still at work on the payment, IdempotencyKeyInProgress is raised
+          (HTTP 409: retry later with the same key) instead of LockTimeout.
+
+        The same key with a different request raises IdempotencyKeyReused. An expired key is
+        a new key.
+        """
+        if idempotency_key is None:
+            payment = await self.create_payment(request)
+            return await self.process_payment(payment.id)
+        payment, existing = await self._create_observed(request, idempotency_key, IN_FLIGHT)
+        if existing is not None and existing.state == COMPLETED:
+            return await self.process_payment(payment.id)
+        return await self._process_keyed(request.merchant_id, idempotency_key, payment.id)
+
+    async def _process_keyed(self, scope: str, key: str, payment_id: str) -> Payment:
+        """Process the payment of an in-flight key, then record how far it got."""
+        try:
+            payment = await self.process_payment(payment_id)
+        except LockTimeout as error:
+            # Another caller (the key's first request, a duplicate, the janitor) holds the
+            # payment and is still at work on it: the honest answer is "in progress".
+            raise IdempotencyKeyInProgress(key, scope) from error
+        await self._record_progress(scope, key, payment, quiet=True)
+        return payment
+
+    async def _record_progress(
+        self, scope: str, key: str, payment: Payment, *, quiet: bool = False
+    ) -> bool:
+        """Advance the key's record to where ``payment`` is (see :func:`progress`).
+
+        A separate write after the payment's own commit, not part of it, and that is safe:
+        the payment's state machine is the source of truth and ``process_payment`` is
+        idempotent, so the record is only a hint of where to resume. Written after the
+        payment changed, it can lag behind the payment (a crash between the two writes) but
+        never run ahead of it, and a lagging hint costs nothing: resuming calls
+        ``process_payment``, which reads the payment's state and does only what is left,
+        never anything twice. The record is completed only once the payment it names is
+        settled or waits on the customer, so a completed record never hides unfinished work;
+        and the store never moves a record backwards, so a slow duplicate cannot reopen it.
+
+        ``quiet``: log a store error instead of raising it. ``pay`` uses it: the payment's
+        outcome is durable and is what the caller needs; the janitor completes the record.
+        """
+        point, state = progress(payment)
+        try:
+            return await self.store.idempotency_advance(
+                scope, key, payment.id, point, state, self.clock()
+            )
+        except AegisPayError as error:
+            if not quiet:
+                raise
+            log.warning("idempotency key %r (%s): not advanced to %s: %s", key, scope, point, error)
+            return False
 
     async def process_payment(self, payment_id: str) -> Payment:
         """Run fraud checks and routing, then authorise (and capture, in automatic mode).
@@ -567,7 +707,9 @@ class PaymentService(PostAuthorizationOperations):
         """Settle every payment left open (PROCESSING, REQUIRES_ACTION, or with a pending
         capture, refund or void) whose last change is older than ``older_than_s`` seconds:
         :meth:`sync_payment` asks its gateway with the same idempotency key. An UNKNOWN
-        answer never fails a payment over; it stays open for the next run."""
+        answer never fails a payment over; it stays open for the next run. An error about one
+        payment is counted and logged, and the run goes on; a store that cannot list the
+        payments raises."""
         cutoff = self.clock() - timedelta(seconds=older_than_s)
         settled: dict[str, int] = {}
         errors: dict[str, int] = {}
@@ -577,10 +719,13 @@ class PaymentService(PostAuthorizationOperations):
             payment: Payment | None
             try:
                 payment = await self.sync_payment(payment_id)
-            except AegisPayError as error:
+            except Exception as error:  # one bad payment must not stop the others
                 name = type(error).__name__
                 errors[name] = errors.get(name, 0) + 1
-                log.warning("reconcile %s: %s", payment_id, error)
+                log.warning(
+                    "reconcile %s: %s", payment_id, error,
+                    exc_info=not isinstance(error, AegisPayError),
+                )  # fmt: skip
                 try:
                     payment = await self.store.load(payment_id)
                 except AegisPayError:
@@ -591,6 +736,72 @@ class PaymentService(PostAuthorizationOperations):
                 state = payment.state.value
                 settled[state] = settled.get(state, 0) + 1
         return ReconcileReport(len(ids), settled, len(still_open), errors, tuple(still_open))
+
+    async def resume_idempotency_keys(
+        self, older_than_s: float = 60.0, limit: int = 500
+    ) -> ResumeReport:
+        """Finish the keyed :meth:`pay` requests a crash left in flight: those whose record
+        nobody has touched for ``older_than_s`` seconds (at most ``limit`` of them, least
+        recently touched first). Expired keys are left alone: the client's retry would create
+        a new payment, so processing the old one could charge twice for one order.
+
+        The payment's state decides, not the record's recovery point (a hint that may lag):
+
+        * INITIATED (the request stopped at ``created``): process it, as the request would
+          have - ``process_payment`` is idempotent and locked, so a request that is in fact
+          still running makes this wait, never charge twice - then complete the key;
+        * settled, or waiting on the customer: complete the key;
+        * still open at a gateway (``processing``): that is for :meth:`reconcile`'s status
+          lookup (the janitor and ``aegispay reconcile`` run it first); the record is
+          touched, so it is looked at again after ``older_than_s``, not at every pass.
+
+        A record whose resumption raised is touched too, and counted in ``errors``; a store
+        that cannot list the records raises.
+        """
+        now = self.clock()
+        cutoff = now - timedelta(seconds=older_than_s)
+        records = await self.store.idempotency_in_flight(cutoff, now=now, limit=limit)
+        completed: dict[str, int] = {}
+        errors: dict[str, int] = {}
+        still: list[str] = []
+        resumed = 0
+        for record in records:
+            payment: Payment | None = None
+            try:
+                payment = await self.store.load(record.payment_id)
+                if payment is None:
+                    raise PaymentNotFound(record.payment_id)
+                if payment.state is S.INITIATED:
+                    payment = await self.process_payment(payment.id)
+                    resumed += 1
+                await self._record_progress(record.scope, record.key, payment)
+            except Exception as error:  # one bad record (a plugin's bug...) must not stop
+                # the others: counted, logged, and touched so that it goes to the back of
+                # the queue instead of heading every pass's batch.
+                name = type(error).__name__
+                errors[name] = errors.get(name, 0) + 1
+                log.warning(
+                    "resume idempotency key %r (%s): %s", record.key, record.scope, error,
+                    exc_info=not isinstance(error, AegisPayError),
+                )  # fmt: skip
+                payment = None
+                await self._touch(record)
+            if payment is not None and progress(payment)[1] == COMPLETED:
+                state = payment.state.value
+                completed[state] = completed.get(state, 0) + 1
+            else:
+                still.append(record.payment_id)
+        return ResumeReport(len(records), completed, resumed, len(still), errors, tuple(still))
+
+    async def _touch(self, record: IdempotencyRecord) -> None:
+        """Refresh ``locked_at`` of an in-flight record at its point (best effort)."""
+        try:
+            await self.store.idempotency_advance(
+                record.scope, record.key, record.payment_id, record.recovery_point,
+                IN_FLIGHT, self.clock(),
+            )  # fmt: skip
+        except AegisPayError as error:
+            log.warning("idempotency key %r (%s): not touched: %s", record.key, record.scope, error)
 
     # -- plumbing ---------------------------------------------------------------------------
 

@@ -49,6 +49,11 @@ def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -
         raise ValueError(f"{attribute.name}: must be greater than 0, got {value!r}")
 
 
+def _not_negative(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name}: must be 0 or more, got {value!r}")
+
+
 @attrs.frozen
 class EngineSettings:
     """How the engine treats gateways, locks and idempotency records."""
@@ -58,6 +63,12 @@ class EngineSettings:
     # Immediate status lookups after an UNKNOWN outcome before leaving it to reconciliation.
     status_lookups: int = 3
     idempotency_ttl_s: int = attrs.field(default=86_400, validator=_positive)
+    # The janitor (aegispay.janitor): every ``reconcile_interval_s`` seconds (0: never) a
+    # running service settles payments and resumes idempotency keys that nobody has touched
+    # for ``reconcile_after_s`` seconds. Keep the latter well above gateway_timeout_s, so a
+    # request still running is rarely taken for a stuck one (harmless, but wasted work).
+    reconcile_interval_s: float = attrs.field(default=30.0, validator=_not_negative)
+    reconcile_after_s: float = attrs.field(default=60.0, validator=_positive)
 
 
 @attrs.frozen
@@ -133,10 +144,13 @@ def _converter() -> cattrs.Converter:
 
 
 def _lookup(data: Any, relative: str) -> Any:
-    """The value at ``relative`` ("engine.timeout", "gateways[0].name") inside ``data``."""
+    """The value at ``relative`` ("engine.timeout", "gateways[0].name", "endpoints['a'].url")
+    inside ``data``."""
     for part in relative.replace("[", ".[").split("."):
         if not part:
             continue
+        if part.startswith(("['", '["')) and part.endswith(("']", '"]')):
+            part = part[2:-2]  # a table's key, as cattrs quotes it
         if isinstance(data, Mapping) and part in data:
             data = data[part]
         elif isinstance(data, list | tuple) and part.strip("[]").isdigit():

@@ -25,8 +25,10 @@ from aegispay import (
     CaptureRequest,
     FeeModel,
     GatewayResult,
+    HookContext,
     Money,
     Outcome,
+    Payment,
     PaymentRequest,
     RefundRequest,
     StatusRequest,
@@ -39,7 +41,7 @@ from aegispay.observe import GatewayCall
 from aegispay.outbox import OutboxMessage
 from aegispay.settings import PluginConfig, Settings
 
-FAILPOINTS = ("after_intent", "after_gateway", "during_relay")
+FAILPOINTS = ("after_create", "after_intent", "after_gateway", "during_relay")
 
 
 class LedgerGateway:
@@ -143,6 +145,12 @@ class CrashPlugin:
         self, register: Callable[[Any], None], config: PluginConfig
     ) -> None:
         register(self.sink)
+
+    @hookimpl
+    def aegispay_check_fraud(self, payment: Payment, context: HookContext) -> None:
+        # The first step of processing: the payment (INITIATED) and its idempotency key (in
+        # flight, at "created") are committed by now; nothing was sent to a gateway.
+        self._reach("after_create")
 
     @hookimpl
     def aegispay_before_gateway_call(self, call: GatewayCall) -> None:

@@ -22,7 +22,7 @@ from aegispay import events as ev
 from aegispay.errors import ConcurrencyConflict, FencingTokenRejected
 from aegispay.gateways import Outcome
 from aegispay.money import Money
-from aegispay.outbox import OutboxMessage
+from aegispay.outbox import OutboxCounts, OutboxFailure, OutboxMessage, OutboxSettled
 from aegispay.payment import Attempt, Payment, PendingOperation, Refund, apply, replay
 from aegispay.states import PaymentState
 from aegispay.store.base import Change, IdempotencyClaimed, IdempotencyRecord, PaymentStore
@@ -210,6 +210,31 @@ def idem(payment: Payment, key: str = "key-1", scope: str = "m_1") -> Idempotenc
     )
 
 
+def in_flight(
+    payment: Payment | None,
+    key: str,
+    *,
+    locked_at: datetime,
+    scope: str = "m_1",
+    expires_at: datetime | None = None,
+) -> IdempotencyRecord:
+    """An in-flight claim at ``created`` (``pay``'s); without a payment, one for
+    ``pay_<key>``."""
+    if payment is None:
+        payment = fold(None, [initiated(f"pay_{key}", merchant=scope)])
+    return attrs.evolve(
+        idem(payment, key=key, scope=scope),
+        expires_at=expires_at or at(86_400),
+        state="in_flight",
+        recovery_point="created",
+        locked_at=locked_at,
+    )
+
+
+def payment_initiated(payment: Payment) -> ev.Event:
+    return initiated(payment.id, merchant=payment.merchant_id)
+
+
 async def new_payment(store: PaymentStore, payment_id: str, **kwargs: Any) -> Payment:
     c = change(None, [initiated(payment_id)], **kwargs)
     await store.commit(c)
@@ -225,6 +250,49 @@ async def snapshot(store: PaymentStore, payment_ids: Sequence[str]) -> Any:
         await store.outbox_pending(10_000),
         await store.outbox_parked(),
     )
+
+
+LEASE = timedelta(seconds=30)
+
+
+async def claim(
+    store: PaymentStore, owner: str, *, now: datetime | None = None, limit: int = 100
+) -> list[OutboxMessage]:
+    """``owner`` claims at ``now`` (default at(100)) for the standard 30 s lease."""
+    now = at(100) if now is None else now
+    return await store.outbox_claim(owner, now, now + LEASE, limit)
+
+
+def fail(batch: Sequence[OutboxMessage], error: str, retry_at: datetime) -> OutboxFailure:
+    """The failure of one payment's messages in ``batch``."""
+    (payment_id,) = {m.payment_id for m in batch}
+    return OutboxFailure(payment_id, tuple(m.message_id for m in batch), error, retry_at)
+
+
+def per_payment(messages: Sequence[OutboxMessage]) -> dict[str, list[int]]:
+    grouped: dict[str, list[int]] = {}
+    for message in messages:
+        grouped.setdefault(message.payment_id, []).append(message.sequence)
+    return grouped
+
+
+async def commit_streams(store: PaymentStore, counts: dict[str, int]) -> None:
+    """Commit, payment after payment, the first ``n`` lifecycle events of each, one commit
+    per event, so commit order is payment order."""
+    for payment_id, n in counts.items():
+        await new_payment(store, payment_id)
+        await commit_more(store, payment_id, n - 1)
+
+
+async def commit_more(store: PaymentStore, payment_id: str, n: int) -> None:
+    """Commit the payment's next ``n`` lifecycle events, one commit each."""
+    history = lifecycle(payment_id)
+    payment = await store.load(payment_id)
+    assert payment is not None
+    for event in history[payment.version : payment.version + n]:
+        c = change(payment, [event])
+        await store.commit(c)
+        payment = c.payment
 
 
 @pytest.mark.anyio
@@ -374,6 +442,182 @@ class StoreConformance:
             await store.commit(again)
         assert await snapshot(store, ["pay_1"]) == before
 
+    async def test_idempotency_record_lifecycle_fields_round_trip(
+        self, store: PaymentStore
+    ) -> None:
+        plain = change(None, [initiated("pay_1")])
+        await store.commit(attrs.evolve(plain, idempotency=idem(plain.payment, key="plain")))
+        found = await store.find_idempotency("m_1", "plain")
+        assert found is not None
+        assert (found.state, found.recovery_point, found.locked_at) == (
+            "completed",
+            "created",
+            None,
+        )
+
+        keyed = change(None, [initiated("pay_2")])
+        record = in_flight(keyed.payment, "keyed", locked_at=at(3))
+        await store.commit(attrs.evolve(keyed, idempotency=record))
+        found = await store.find_idempotency("m_1", "keyed")
+        assert found == record
+        assert found is not None and found.locked_at == at(3)
+
+    async def test_idempotency_advance_moves_forward_only(self, store: PaymentStore) -> None:
+        c = change(None, [initiated("pay_1")])
+        await store.commit(attrs.evolve(c, idempotency=in_flight(c.payment, "k", locked_at=at(0))))
+
+        async def advance(point: Any, state: Any, when: int, payment_id: str = "pay_1") -> bool:
+            return await store.idempotency_advance("m_1", "k", payment_id, point, state, at(when))
+
+        async def current() -> tuple[Any, ...]:
+            record = await store.find_idempotency("m_1", "k")
+            assert record is not None
+            return (record.recovery_point, record.state, record.locked_at)
+
+        assert await advance("processing", "in_flight", 5)
+        assert await current() == ("processing", "in_flight", at(5))
+        assert not await advance("created", "in_flight", 6)  # never backwards
+        assert await current() == ("processing", "in_flight", at(5))
+        assert await advance("processing", "in_flight", 7)  # the same point: a touch
+        assert await current() == ("processing", "in_flight", at(7))
+        assert not await advance("finished", "completed", 8, payment_id="pay_other")
+        assert not await store.idempotency_advance(
+            "m_1", "absent", "pay_1", "finished", "completed", at(8)
+        )
+        assert await advance("finished", "completed", 9)
+        assert await current() == ("finished", "completed", None)
+        # Completed is final: no advance, no touch, no reopening.
+        assert not await advance("finished", "completed", 10)
+        assert not await advance("finished", "in_flight", 10)
+        assert await current() == ("finished", "completed", None)
+        record = await store.find_idempotency("m_1", "k")
+        assert record is not None and record.payment_id == "pay_1" and record.response == c.payment
+
+    async def test_idempotency_advance_of_a_completed_claim(self, store: PaymentStore) -> None:
+        c = change(None, [initiated("pay_1")])
+        await store.commit(attrs.evolve(c, idempotency=idem(c.payment)))
+        assert not await store.idempotency_advance(
+            "m_1", "key-1", "pay_1", "processing", "in_flight", at(1)
+        )
+        assert await store.find_idempotency("m_1", "key-1") == idem(c.payment)
+
+    async def test_idempotency_in_flight_lists_stale_claims_oldest_first(
+        self, store: PaymentStore
+    ) -> None:
+        records = {
+            "old": in_flight(None, "old", locked_at=at(0)),
+            "older": in_flight(None, "older", locked_at=at(-5)),
+            "fresh": in_flight(None, "fresh", locked_at=at(20)),
+            "done": idem(fold(None, [initiated("pay_done")]), key="done"),
+            "expiring": in_flight(None, "expiring", locked_at=at(1), expires_at=at(50)),
+            "other-scope": in_flight(None, "other-scope", locked_at=at(2), scope="m_2"),
+        }
+        for name, record in records.items():
+            payment = fold(None, [initiated(record.payment_id, merchant=record.scope)])
+            record = attrs.evolve(record, response=payment)
+            records[name] = record
+            await store.commit(
+                Change(payment, 0, (payment_initiated(payment),), idempotency=record)
+            )
+
+        def keys(found: Sequence[IdempotencyRecord]) -> list[str]:
+            return [r.key for r in found]
+
+        stale = await store.idempotency_in_flight(at(15))
+        assert keys(stale) == ["older", "old", "expiring", "other-scope"]
+        assert stale[0] == records["older"]
+        assert keys(await store.idempotency_in_flight(at(15), limit=2)) == ["older", "old"]
+        assert keys(await store.idempotency_in_flight(at(0))) == ["older"]
+        assert keys(await store.idempotency_in_flight(at(15), now=at(50))) == [
+            "older", "old", "other-scope"
+        ]  # fmt: skip
+        assert keys(await store.idempotency_in_flight(at(100))) == [
+            "older", "old", "expiring", "other-scope", "fresh"
+        ]  # fmt: skip
+        # Touched: to the back of the queue, and not stale any more.
+        assert await store.idempotency_advance(
+            "m_1", "older", records["older"].payment_id, "created", "in_flight", at(30)
+        )
+        assert await store.idempotency_advance(
+            "m_1", "old", records["old"].payment_id, "finished", "completed", at(30)
+        )
+        assert keys(await store.idempotency_in_flight(at(15))) == ["expiring", "other-scope"]
+        assert keys(await store.idempotency_in_flight(at(100))) == [
+            "expiring", "other-scope", "fresh", "older"
+        ]  # fmt: skip
+
+    async def test_expired_idempotency_record_is_absent_to_find(self, store: PaymentStore) -> None:
+        c = change(None, [initiated("pay_1")])
+        record = attrs.evolve(idem(c.payment), expires_at=at(100))
+        await store.commit(attrs.evolve(c, idempotency=record))
+        assert await store.find_idempotency("m_1", "key-1", now=at(99)) == record
+        assert await store.find_idempotency("m_1", "key-1", now=at(100)) is None
+        assert await store.find_idempotency("m_1", "key-1", now=at(10_000)) is None
+        assert await store.find_idempotency("m_1", "key-1") == record  # no clock: as stored
+
+    async def test_claim_replaces_an_expired_record(self, store: PaymentStore) -> None:
+        first = change(None, [initiated("pay_1")])
+        old = attrs.evolve(in_flight(first.payment, "key-1", locked_at=at(0)), expires_at=at(100))
+        await store.commit(attrs.evolve(first, idempotency=old))
+
+        second = change(None, [initiated("pay_2")])
+        new = attrs.evolve(
+            idem(second.payment), fingerprint="sha256:other", created_at=at(100),
+            expires_at=at(200),
+        )  # fmt: skip
+        await store.commit(attrs.evolve(second, idempotency=new))
+        assert await store.find_idempotency("m_1", "key-1") == new
+        assert await store.find_idempotency("m_1", "key-1", now=at(150)) == new
+        # The replaced claim's payment stays; the old request can no longer move the record.
+        assert sorted(await store.payment_ids()) == ["pay_1", "pay_2"]
+        assert await store.load("pay_1") == first.payment
+        assert not await store.idempotency_advance(
+            "m_1", "key-1", "pay_1", "finished", "completed", at(101)
+        )
+        assert await store.idempotency_in_flight(at(1_000)) == []
+        assert await store.find_idempotency("m_1", "key-1") == new
+
+    async def test_claim_never_replaces_an_unexpired_record(self, store: PaymentStore) -> None:
+        first = change(None, [initiated("pay_1")])
+        old = attrs.evolve(idem(first.payment), expires_at=at(100))
+        await store.commit(attrs.evolve(first, idempotency=old))
+        before = await snapshot(store, ["pay_1", "pay_2"])
+
+        second = change(None, [initiated("pay_2")])
+        early = attrs.evolve(idem(second.payment), created_at=at(99), expires_at=at(199))
+        with pytest.raises(IdempotencyClaimed) as info:
+            await store.commit(attrs.evolve(second, idempotency=early))
+        assert info.value.existing == old
+        assert await snapshot(store, ["pay_1", "pay_2"]) == before
+        assert await store.find_idempotency("m_1", "key-1") == old
+
+    async def test_racing_claims_of_an_expired_key_one_wins(self, store: PaymentStore) -> None:
+        first = change(None, [initiated("pay_0")])
+        await store.commit(
+            attrs.evolve(first, idempotency=attrs.evolve(idem(first.payment), expires_at=at(10)))
+        )
+        results: dict[str, str] = {}
+
+        async def claim(n: int) -> None:
+            c = change(None, [initiated(f"pay_{n}")])
+            record = attrs.evolve(idem(c.payment), created_at=at(20), expires_at=at(120))
+            try:
+                await store.commit(attrs.evolve(c, idempotency=record))
+            except IdempotencyClaimed as claimed:
+                results[f"pay_{n}"] = claimed.existing.payment_id
+            else:
+                results[f"pay_{n}"] = "won"
+
+        async with anyio.create_task_group() as tg:
+            for n in range(1, 6):
+                tg.start_soon(claim, n)
+        winners = [p for p, r in results.items() if r == "won"]
+        assert len(winners) == 1, results
+        assert set(results.values()) == {"won", winners[0]}
+        found = await store.find_idempotency("m_1", "key-1")
+        assert found is not None and found.payment_id == winners[0]
+        assert sorted(await store.payment_ids()) == ["pay_0", winners[0]]
+
     # -- round trips --------------------------------------------------------------------------
 
     async def test_every_event_type_round_trips(self, store: PaymentStore) -> None:
@@ -474,6 +718,7 @@ class StoreConformance:
         assert await store.unsettled_payment_ids(at(10)) == []
 
     # -- outbox -------------------------------------------------------------------------------
+    # Relays "a" and "b" lease payments; ``now`` is always given (a fake clock), never waited.
 
     async def test_every_event_becomes_one_outbox_message(self, store: PaymentStore) -> None:
         history = lifecycle("pay_1")
@@ -481,70 +726,278 @@ class StoreConformance:
         pending = await store.outbox_pending(100)
         assert pending == [OutboxMessage(e.event_id, "pay_1", e.version, e) for e in history[:3]]
         assert [m.message_id for m in pending] == ["pay_1:1", "pay_1:2", "pay_1:3"]
+        assert [m.attempts for m in pending] == [0, 0, 0]
 
-    async def test_outbox_oldest_first_and_limit(self, store: PaymentStore) -> None:
-        a, b = lifecycle("pay_a"), lifecycle("pay_b")
-        pa = await new_payment(store, "pay_a")
-        pb = await new_payment(store, "pay_b")
-        await store.commit(change(pa, a[1:3]))
-        await store.commit(change(pb, b[1:2]))
-        expected = ["pay_a:1", "pay_b:1", "pay_a:2", "pay_a:3", "pay_b:2"]
-        assert [m.message_id for m in await store.outbox_pending(100)] == expected
-        assert [m.message_id for m in await store.outbox_pending(2)] == expected[:2]
+    async def test_outbox_pending_keeps_each_payments_order(self, store: PaymentStore) -> None:
+        await commit_streams(store, {"pay_a": 3, "pay_b": 2})
+        pending = await store.outbox_pending(100)
+        assert sorted(m.message_id for m in pending) == sorted(
+            ["pay_a:1", "pay_a:2", "pay_a:3", "pay_b:1", "pay_b:2"]
+        )
+        assert per_payment(pending) == {"pay_a": [1, 2, 3], "pay_b": [1, 2]}
+        assert len(await store.outbox_pending(2)) == 2
         assert await store.outbox_pending(0) == []
 
-    async def test_mark_published(self, store: PaymentStore) -> None:
-        await store.commit(change(None, lifecycle("pay_1")[:4]))
-        await store.outbox_mark_published(["pay_1:1", "pay_1:2"])
-        assert [m.message_id for m in await store.outbox_pending(10)] == ["pay_1:3", "pay_1:4"]
-        await store.outbox_mark_published(["pay_1:1"])  # again: nothing changes
-        assert [m.message_id for m in await store.outbox_pending(10)] == ["pay_1:3", "pay_1:4"]
-        await store.outbox_mark_published(["pay_1:3", "pay_1:4"])
-        assert await store.outbox_pending(10) == []
-        assert await store.outbox_parked() == []
-        assert len(await store.events("pay_1")) == 4  # publishing never touches the history
+    async def test_claim_returns_payments_oldest_first_each_in_order(
+        self, store: PaymentStore
+    ) -> None:
+        await commit_streams(store, {"pay_a": 3, "pay_b": 2, "pay_c": 1})
+        batch = await claim(store, "a")
+        assert [m.message_id for m in batch] == [
+            "pay_a:1", "pay_a:2", "pay_a:3", "pay_b:1", "pay_b:2", "pay_c:1",
+        ]  # fmt: skip
+        assert [m.event for m in batch[:3]] == await store.events("pay_a")
+        assert all(m.attempts == 0 for m in batch)
+        # Claiming publishes nothing.
+        assert len(await store.outbox_pending(100)) == 6
 
-    async def test_failures_counted_then_parked(self, store: PaymentStore) -> None:
-        await store.commit(change(None, lifecycle("pay_1")[:3]))
-        head = [m.message_id for m in await store.outbox_pending(2)]
-        await store.outbox_record_failure(head, "boom 1", max_attempts=3)
-        await store.outbox_record_failure(head, "boom 2", max_attempts=3)
-        # Two of three attempts used: still pending, still in order.
-        assert [m.message_id for m in await store.outbox_pending(10)] == [
-            "pay_1:1",
-            "pay_1:2",
-            "pay_1:3",
-        ]
-        assert await store.outbox_parked() == []
-        await store.outbox_record_failure(head, "boom 3", max_attempts=3)
-        parked = await store.outbox_parked()
-        assert [(m.message_id, m.event.version, error) for m, error in parked] == [
-            ("pay_1:1", 1, "boom 3"),
-            ("pay_1:2", 2, "boom 3"),
-        ]
-        assert [m.message_id for m in await store.outbox_pending(10)] == ["pay_1:3"]
-        # The message behind them has its own count: one failure does not park it.
-        await store.outbox_record_failure(["pay_1:3"], "once", max_attempts=3)
-        assert [m.message_id for m in await store.outbox_pending(10)] == ["pay_1:3"]
-        await store.outbox_mark_published(["pay_1:3"])
+    async def test_claim_limit_takes_whole_payments_or_a_prefix(self, store: PaymentStore) -> None:
+        await commit_streams(store, {"pay_a": 4, "pay_b": 1})
+        batch = await claim(store, "a", limit=2)
+        assert [m.message_id for m in batch] == ["pay_a:1", "pay_a:2"]
+        assert await claim(store, "a", limit=0) == []
+        settled = await store.outbox_settle("a", at(101), batch, (), 3)
+        assert (settled.published, settled.refused, settled.parked) == (2, 0, ())
+        batch = await claim(store, "a", limit=3)
+        assert [m.message_id for m in batch] == ["pay_a:3", "pay_a:4", "pay_b:1"]
+
+    async def test_settle_publishes_and_releases(self, store: PaymentStore) -> None:
+        await commit_streams(store, {"pay_a": 2, "pay_b": 1})
+        batch = await claim(store, "a")
+        settled = await store.outbox_settle("a", at(101), batch, (), 3)
+        assert settled == OutboxSettled(published=3)
         assert await store.outbox_pending(10) == []
-        assert len(await store.outbox_parked()) == 2
+        assert await store.outbox_parked() == []
+        assert len(await store.events("pay_a")) == 2  # publishing never touches the history
+        # Released: another relay takes the payment's next message at once.
+        await commit_more(store, "pay_a", 1)
+        assert [m.message_id for m in await claim(store, "b", now=at(102))] == ["pay_a:3"]
+        # Settling the same messages again publishes nothing (no lease, already published).
+        again = await store.outbox_settle("a", at(103), batch, (), 3)
+        assert again.published == 0 and again.refused == 3
+
+    async def test_a_leased_payment_is_skipped_by_other_relays(self, store: PaymentStore) -> None:
+        await commit_streams(store, {"pay_a": 2, "pay_b": 1})
+        first = await claim(store, "a", limit=2)
+        assert [m.message_id for m in first] == ["pay_a:1", "pay_a:2"]
+        # Relay b gets the other payment only: never part of a payment a holds.
+        assert [m.message_id for m in await claim(store, "b")] == ["pay_b:1"]
+        assert await claim(store, "c") == []
+        # A message committed meanwhile waits for a's lease (per-payment order).
+        await commit_more(store, "pay_a", 1)
+        assert await claim(store, "c") == []
+        # The holder claims its own lease again (e.g. after an interrupted batch).
+        again = await claim(store, "a")
+        assert [m.message_id for m in again] == ["pay_a:1", "pay_a:2", "pay_a:3"]
+
+    async def test_expired_lease_is_taken_over_and_the_old_holder_marks_nothing(
+        self, store: PaymentStore
+    ) -> None:
+        await commit_streams(store, {"pay_a": 2})
+        stale = await claim(store, "a", now=at(100))  # leased until at(130)
+        assert await claim(store, "b", now=at(129)) == []
+        fresh = await claim(store, "b", now=at(131))
+        assert fresh == stale
+        # a was paused past its lease: it must not mark (b delivers those messages).
+        settled = await store.outbox_settle("a", at(132), stale, (), 3)
+        assert settled == OutboxSettled(refused=2)
+        failed = OutboxFailure("pay_a", ("pay_a:1",), "late", at(200))
+        assert (await store.outbox_settle("a", at(132), [], [failed], 3)).refused == 1
+        assert [m.attempts for m in await store.outbox_pending(10)] == [0, 0]
+        assert (await store.outbox_settle("b", at(133), fresh, (), 3)).published == 2
+        assert await store.outbox_pending(10) == []
+
+    async def test_an_expired_lease_marks_nothing_even_if_nobody_took_over(
+        self, store: PaymentStore
+    ) -> None:
+        await commit_streams(store, {"pay_a": 1})
+        batch = await claim(store, "a", now=at(100))
+        assert (await store.outbox_settle("a", at(130), batch, (), 3)).refused == 1
+        assert len(await store.outbox_pending(10)) == 1
+        assert await claim(store, "a", now=at(131)) == batch
+
+    async def test_a_failing_payment_backs_off_alone(self, store: PaymentStore) -> None:
+        await commit_streams(store, {"pay_a": 3, "pay_b": 2})
+        batch = await claim(store, "a")
+        a_ids = ("pay_a:1", "pay_a:2", "pay_a:3")
+        delivered = [m for m in batch if m.payment_id == "pay_b"]
+        failure = OutboxFailure("pay_a", a_ids, "sink: boom", at(110))
+        settled = await store.outbox_settle("a", at(101), delivered, [failure], 3)
+        assert settled == OutboxSettled(published=2, failed=3)
+        # Backing off: not claimable before at(110), by anyone, not even its later messages.
+        assert await claim(store, "a", now=at(105)) == []
+        await commit_more(store, "pay_a", 1)
+        await commit_streams(store, {"pay_c": 1})
+        assert [m.message_id for m in await claim(store, "b", now=at(106))] == ["pay_c:1"]
+        assert await store.outbox_next_due("a", at(106)) == at(110)
+        counts = await store.outbox_counts(at(106))
+        assert (counts.pending, counts.backing_off, counts.ready) == (5, 4, 1)
+        assert (counts.backing_off_payments, counts.leased_payments) == (1, 1)
+        assert (counts.parked, counts.next_retry_at) == (0, at(110))
+        # Due: the whole queue comes back in order, attempts counted per message.
+        retry = await claim(store, "a", now=at(110))
+        assert [(m.message_id, m.attempts) for m in retry] == [
+            ("pay_a:1", 1), ("pay_a:2", 1), ("pay_a:3", 1), ("pay_a:4", 0),
+        ]  # fmt: skip
+        assert (await store.outbox_settle("a", at(111), retry, (), 3)).published == 4
+        counts = await store.outbox_counts(at(111))
+        assert (counts.pending, counts.backing_off, counts.next_retry_at) == (1, 0, None)
+
+    async def test_parked_after_max_attempts_and_later_messages_continue(
+        self, store: PaymentStore
+    ) -> None:
+        await commit_streams(store, {"pay_a": 2})
+        now = at(100)
+        for attempt in (1, 2, 3):
+            batch = await claim(store, "a", now=now)
+            assert [(m.message_id, m.attempts) for m in batch] == [
+                ("pay_a:1", attempt - 1),
+                ("pay_a:2", attempt - 1),
+            ]
+            failure = fail(batch, f"boom {attempt}", now + timedelta(seconds=5))
+            settled = await store.outbox_settle("a", now, [], [failure], 3)
+            assert settled.failed == 2
+            now += timedelta(seconds=5)
+        assert settled.parked == ("pay_a:1", "pay_a:2")
+        parked = await store.outbox_parked()
+        assert [(m.message_id, m.attempts, error) for m, error in parked] == [
+            ("pay_a:1", 3, "boom 3"),
+            ("pay_a:2", 3, "boom 3"),
+        ]
+        assert [m.event for m, _ in parked] == await store.events("pay_a")
+        assert await store.outbox_pending(10) == []
+        assert await claim(store, "a", now=now) == []
+        # Later messages of the payment continue (consumers see the gap in its sequence).
+        await commit_more(store, "pay_a", 1)
+        assert [m.message_id for m in await claim(store, "a", now=now)] == ["pay_a:3"]
+        counts = await store.outbox_counts(now)
+        assert (counts.pending, counts.parked, counts.backing_off) == (1, 2, 0)
+
+    async def test_each_message_counts_its_own_attempts(self, store: PaymentStore) -> None:
+        await commit_streams(store, {"pay_a": 2})
+        batch = await claim(store, "a")
+        await store.outbox_settle("a", at(100), [], [fail(batch, "one", at(101))], 2)
+        await commit_more(store, "pay_a", 1)
+        batch = await claim(store, "a", now=at(101))
+        assert [m.attempts for m in batch] == [1, 1, 0]
+        settled = await store.outbox_settle("a", at(101), [], [fail(batch, "two", at(102))], 2)
+        assert settled.parked == ("pay_a:1", "pay_a:2") and settled.failed == 3
+        # pay_a:3 failed once: it still backs off, then is retried alone.
+        assert await claim(store, "a", now=at(101)) == []
+        batch = await claim(store, "a", now=at(102))
+        assert [(m.message_id, m.attempts) for m in batch] == [("pay_a:3", 1)]
+        await store.outbox_settle("a", at(102), batch, (), 2)
+        assert await store.outbox_pending(10) == []
+        assert [m.message_id for m, _ in await store.outbox_parked()] == ["pay_a:1", "pay_a:2"]
+
+    async def test_requeue_unparks_with_fresh_attempts(self, store: PaymentStore) -> None:
+        await commit_streams(store, {"pay_a": 2, "pay_b": 1})
+        batch = await claim(store, "a")
+        failures = [
+            fail([m for m in batch if m.payment_id == p], f"{p} down", at(101))
+            for p in ("pay_a", "pay_b")
+        ]
+        settled = await store.outbox_settle("a", at(100), [], failures, 1)
+        assert settled.parked == ("pay_a:1", "pay_a:2", "pay_b:1")
+        await commit_more(store, "pay_a", 1)  # pending behind the parked ones
+
+        assert await store.outbox_requeue(["pay_a:1", "nope", "pay_a:3"]) == ["pay_a:1"]
+        assert await store.outbox_requeue(["pay_a:1"]) == []  # not parked any more
+        assert [m.message_id for m, _ in await store.outbox_parked()] == ["pay_a:2", "pay_b:1"]
+        # The requeued message goes out before the payment's later pending ones.
+        batch = await claim(store, "a", now=at(101))
+        assert [(m.message_id, m.attempts) for m in batch] == [("pay_a:1", 0), ("pay_a:3", 0)]
+        await store.outbox_settle("a", at(101), batch, (), 1)
+
+        assert sorted(await store.outbox_requeue()) == ["pay_a:2", "pay_b:1"]
+        assert await store.outbox_parked() == []
+        assert await store.outbox_requeue() == []
+        batch = await claim(store, "a", now=at(102))
+        assert per_payment(batch) == {"pay_a": [2], "pay_b": [1]}
+
+    async def test_requeue_during_delivery_keeps_the_batch(self, store: PaymentStore) -> None:
+        await commit_streams(store, {"pay_a": 1})
+        batch = await claim(store, "a")
+        await store.outbox_settle("a", at(100), [], [fail(batch, "x", at(101))], 1)
+        await commit_more(store, "pay_a", 2)
+        batch = await claim(store, "a", now=at(101))
+        assert [m.message_id for m in batch] == ["pay_a:2", "pay_a:3"]
+        assert await store.outbox_requeue() == ["pay_a:1"]  # while pay_a:2-3 are in flight
+        assert (await store.outbox_settle("a", at(101), batch, (), 1)).published == 2
+        assert [m.message_id for m in await store.outbox_pending(10)] == ["pay_a:1"]
+
+    async def test_lease_owners_and_release(self, store: PaymentStore) -> None:
+        await commit_streams(store, {"pay_a": 1, "pay_b": 1, "pay_c": 1})
+        assert await store.outbox_lease_owners(at(100)) == []
+        await claim(store, "b", limit=1)  # pay_a until at(130)
+        await claim(store, "a", limit=1)  # pay_b until at(130)
+        await claim(store, "c", now=at(50), limit=1)  # pay_c until at(80)
+        assert await store.outbox_lease_owners(at(100)) == ["a", "b"]
+        # A dead relay's leases are dropped at once: its payments are claimable now.
+        assert await store.outbox_release(["a", "nobody"]) == 1
+        assert await store.outbox_release([]) == 0
+        assert await store.outbox_lease_owners(at(100)) == ["b"]
+        batch = await claim(store, "d")
+        assert [m.message_id for m in batch] == ["pay_b:1", "pay_c:1"]
+
+    async def test_next_due(self, store: PaymentStore) -> None:
+        assert await store.outbox_next_due("a", at(100)) is None
+        await commit_streams(store, {"pay_a": 1, "pay_b": 1})
+        assert await store.outbox_next_due("a", at(100)) is None  # ready now: no wait
+        batch = await claim(store, "a", now=at(100), limit=1)
+        await store.outbox_settle("a", at(100), [], [fail(batch, "x", at(150))], 5)
+        assert await store.outbox_next_due("a", at(100)) == at(150)
+        # Another relay's lease expiring counts too (not the relay's own).
+        await claim(store, "b", now=at(100))  # pay_b, leased until at(130)
+        assert await store.outbox_next_due("a", at(100)) == at(130)
+        assert await store.outbox_next_due("b", at(100)) == at(150)
+        # Only times after ``after``.
+        assert await store.outbox_next_due("a", at(140)) == at(150)
+        assert await store.outbox_next_due("a", at(150)) is None
+
+    async def test_counts(self, store: PaymentStore) -> None:
+        empty = await store.outbox_counts(at(0))
+        assert empty == OutboxCounts(0, 0, 0, 0, 0, 0, None)
+        await commit_streams(store, {"pay_a": 2, "pay_b": 1, "pay_c": 3})
+        batch = await claim(store, "a", now=at(100), limit=3)
+        assert per_payment(batch) == {"pay_a": [1, 2], "pay_b": [1]}
+        a_batch = [m for m in batch if m.payment_id == "pay_a"]
+        b_batch = [m for m in batch if m.payment_id == "pay_b"]
+        failures = [fail(a_batch, "a down", at(120)), fail(b_batch, "b down", at(120))]
+        await store.outbox_settle("a", at(100), [], failures, 2)
+        await claim(store, "b", now=at(101))  # pay_c, leased until at(131)
+        counts = await store.outbox_counts(at(101))
+        assert counts == OutboxCounts(
+            pending=6,
+            ready=3,
+            backing_off=3,
+            backing_off_payments=2,
+            leased_payments=1,
+            parked=0,
+            next_retry_at=at(120),
+        )
+        later = await store.outbox_counts(at(125))
+        assert (later.ready, later.backing_off, later.next_retry_at) == (6, 0, None)
+        assert (await store.outbox_counts(at(131))).leased_payments == 0
 
     async def test_per_payment_order_across_interleaved_commits(self, store: PaymentStore) -> None:
         streams = {pid: lifecycle(pid) for pid in ("pay_a", "pay_b", "pay_c")}
         payments: dict[str, Payment | None] = dict.fromkeys(streams)
-        # Interleave commits of one or two events across the three payments.
+        seen: list[OutboxMessage] = []
+        # Interleave commits of one or two events across the three payments with small batches.
         for step in range(5):
             for pid, history in streams.items():
-                chunk = history[2 * step : 2 * step + 2]
-                c = change(payments[pid], chunk)
+                c = change(payments[pid], history[2 * step : 2 * step + 2])
                 await store.commit(c)
                 payments[pid] = c.payment
-        seen: list[OutboxMessage] = []
-        while batch := await store.outbox_pending(4):
+            batch = await claim(store, "a", now=at(step), limit=4)
+            await store.outbox_settle("a", at(step), batch, (), 3)
             seen.extend(batch)
-            await store.outbox_mark_published([m.message_id for m in batch])
+        while batch := await claim(store, "a", now=at(10), limit=4):
+            seen.extend(batch)
+            await store.outbox_settle("a", at(10), batch, (), 3)
         assert len(seen) == 30
+        assert len({m.message_id for m in seen}) == 30
         for pid, history in streams.items():
             mine = [m for m in seen if m.payment_id == pid]
             assert [m.sequence for m in mine] == list(range(1, 11))

@@ -1,6 +1,8 @@
 """Crash safety: a worker SIGKILLed between phases loses no acknowledged payment and never
-charges twice; after a restart, reconciliation (``sync_payment``) plus clients retrying with
-their idempotency keys settle everything, and every committed event is delivered at least once.
+charges twice; after a restart, the recovery passes (``reconcile``: status lookups of open
+payments; ``resume_idempotency_keys``: keyed requests left in flight) settle every payment
+before any client retries, the clients' retries with their idempotency keys get the one
+payment, and every committed event is delivered at least once.
 
 The worker (tests/_crash_worker.py) runs in its own process on a SQLite file store, with a
 gateway whose ledger lives in another SQLite file, so both survive the kill as a database and
@@ -12,6 +14,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
@@ -20,6 +23,7 @@ from _crash_worker import CrashPlugin, build, request
 from aegispay.gateways import Outcome
 from aegispay.payment import replay
 from aegispay.states import PaymentState
+from aegispay.store.base import IdempotencyRecord
 from aegispay.store.sql import SqlStore
 
 WORKER = Path(__file__).with_name("_crash_worker.py")
@@ -62,9 +66,18 @@ async def recover_and_check(tmp: Path, acks: dict[int, str]) -> None:
     url = f"sqlite:///{tmp / 'store.db'}"
     service = build(url, CrashPlugin(str(tmp / "ledger.db"), str(tmp / "delivered.txt"), "", 0))
     async with service:
-        # Reconcile: settle whatever the crash left open, by status lookup only.
+        # What the janitor (or `aegispay reconcile`) does after the restart: settle what the
+        # crash left open, by status lookups only, then finish the keyed requests it left in
+        # flight - processing a payment it left INITIATED.
+        settled = await service.reconcile(older_than_s=0)
+        resumed = await service.resume_idempotency_keys(older_than_s=0)
+        assert settled.still_open == 0 and not settled.errors, settled
+        assert resumed.still_in_flight == 0 and not resumed.errors, resumed
         for payment_id in await service.store.payment_ids():
-            await service.sync_payment(payment_id)
+            recovered = await service.store.load(payment_id)
+            assert recovered is not None and recovered.state is PaymentState.COMPLETED
+        far = datetime.now(UTC) + timedelta(days=1)
+        assert await service.store.idempotency_in_flight(far) == []
         # Clients that got no acknowledgement retry with the same idempotency key.
         for i in range(PAYMENTS):
             payment = await service.pay(request(i), idempotency_key=f"o{i}")
@@ -104,6 +117,8 @@ async def recover_and_check(tmp: Path, acks: dict[int, str]) -> None:
 @pytest.mark.parametrize(
     ("failpoint", "kill_at"),
     [
+        ("after_create", 1),  # payment and in-flight key committed, processing never started
+        ("after_create", 4),
         ("after_intent", 1),  # intent committed, the gateway never called
         ("after_intent", 4),
         ("after_gateway", 1),  # the gateway charged, the result not committed
@@ -117,4 +132,17 @@ def test_sigkill_at_a_fail_point_loses_nothing_and_charges_once(
 ) -> None:
     anyio.run(upgrade, f"sqlite:///{tmp_path / 'store.db'}", backend="asyncio")
     _, acks = run_worker(tmp_path, failpoint, kill_at)
+    left = anyio.run(in_flight_keys, tmp_path, backend="asyncio")
+    if failpoint != "during_relay":
+        # Exactly the killed request is in flight, at "created": its recovery point is a hint
+        # that may lag behind its payment (PROCESSING after the intent), never run ahead.
+        assert [(r.key, r.recovery_point) for r in left] == [(f"o{kill_at - 1}", "created")]
     anyio.run(recover_and_check, tmp_path, acks, backend="asyncio")
+
+
+async def in_flight_keys(tmp: Path) -> list[IdempotencyRecord]:
+    store = SqlStore(f"sqlite:///{tmp / 'store.db'}")
+    try:
+        return await store.idempotency_in_flight(datetime.now(UTC) + timedelta(days=1))
+    finally:
+        await store.close()

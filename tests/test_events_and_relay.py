@@ -1,15 +1,20 @@
-"""Events after commit: listeners, sinks (at-least-once, parking) and replay == projection.
+"""Events after commit: listeners, sinks (at-least-once, isolation, backoff, parking), several
+relays on one store, and replay == projection.
 
-The relay is driven directly (``publish_pending`` / ``drain``) wherever timing would matter.
+The relay is driven directly (``publish_pending`` / ``drain``, with a fake clock) wherever timing
+would matter. Relays on SQL stores, in tasks and processes: tests/test_outbox_relays.py.
 """
 
 from __future__ import annotations
 
+import random
 from collections import defaultdict
 from collections.abc import Callable, Generator, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from aegispay import (
     AegisPayError,
@@ -23,7 +28,7 @@ from aegispay import (
     hookimpl,
 )
 from aegispay import events as ev
-from aegispay.outbox import EventSink, OutboxMessage, OutboxRelay, RelaySettings
+from aegispay.outbox import EventSink, OutboxMessage, OutboxRelay, RelaySettings, backoff_delay
 from aegispay.settings import PluginConfig
 from aegispay.store.base import PaymentStore
 from aegispay.testing import ScriptedGateway, make_test_service
@@ -202,7 +207,14 @@ async def test_raising_listener_never_changes_state_and_the_relay_keeps_going() 
 
     assert exploding.calls == refunded.version + second.version
     assert service.relay.published == exploding.calls
+    # Delivered all the same: marked published, never retried, never parked.
     assert service.store.outbox_size() == 0  # type: ignore[attr-defined]
+    assert await service.store.outbox_parked() == []
+    assert service.relay.failed == 0
+    assert await service.relay.drain() == 0
+    # Nothing was written because of it: the histories end where the operations left them.
+    assert len(await service.payment_history(first.id)) == refunded.version
+    assert len(await service.payment_history(second.id)) == second.version
     assert await service.get_payment(first.id) == refunded
     assert await service.get_payment(second.id) == second
     assert refunded.state is S.PARTIALLY_REFUNDED
@@ -235,38 +247,155 @@ async def test_raising_listener_does_not_silence_other_listeners(
 
 
 # -- sinks ---------------------------------------------------------------------------------------
+# Relays built here get a fake clock: a payment backing off is retried by moving the clock to
+# its retry time, never by waiting.
 
 
-async def test_failing_sink_is_retried_with_the_same_message_ids() -> None:
-    sink = FlakySink(failures=2)
-    service, recorder = recorded_service(SinkPlugin(sink))
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def relay_for(
+    service: PaymentService, sinks: Sequence[EventSink], clock: Clock, **settings: Any
+) -> OutboxRelay:
+    """A relay on the service's store and listeners; jitter fixed at half the cap."""
+    return OutboxRelay(
+        service.store,
+        sinks,
+        service.hooks,
+        RelaySettings(**settings),
+        clock=clock,
+        rng=lambda: 0.5,
+    )
+
+
+async def next_retry(service: PaymentService, clock: Clock) -> datetime | None:
+    return (await service.store.outbox_counts(clock())).next_retry_at
+
+
+def ids(payment: Any) -> list[str]:
+    return [f"{payment.id}:{v}" for v in range(1, payment.version + 1)]
+
+
+class PoisonSink:
+    """Refuses every batch holding a message of a payment in ``poisoned`` (a consumer that
+    chokes on those payments); records every batch it was handed and what it accepted."""
+
+    def __init__(self, name: str = "poison") -> None:
+        self.name = name
+        self.poisoned: set[str] = set()
+        self.batches: list[list[str]] = []
+        self.accepted: list[str] = []
+
+    async def publish(self, messages: Sequence[OutboxMessage]) -> None:
+        self.batches.append([m.message_id for m in messages])
+        if any(m.payment_id in self.poisoned for m in messages):
+            raise ValueError("cannot decode")
+        self.accepted.extend(m.message_id for m in messages)
+
+
+async def test_failing_sink_is_retried_with_the_same_message_ids_after_backoff() -> None:
+    sink, clock = FlakySink(failures=2), Clock()
+    service, recorder = recorded_service()
+    relay = relay_for(service, [sink], clock)
     payment = await service.pay(request())
-    expected = [f"{payment.id}:{v}" for v in range(1, payment.version + 1)]
+    expected = ids(payment)
 
-    for _ in range(2):
-        with pytest.raises(ConnectionError):
-            await service.relay.publish_pending()
-        # Not delivered to listeners, not marked published.
+    for failures in (1, 2):
+        started = clock()
+        assert await relay.publish_pending() == 0  # recorded, not raised
+        # Not delivered to listeners, not marked published; the attempt is counted.
         assert recorder.events == []
         assert service.store.outbox_size() == payment.version  # type: ignore[attr-defined]
+        pending = await service.store.outbox_pending(100)
+        assert [m.attempts for m in pending] == [failures] * payment.version
+        # Backing off: exponential (base 0.05 s doubled per failure), full jitter (rng 0.5).
+        due = await next_retry(service, clock)
+        assert due == started + timedelta(seconds=0.05 * 2 ** (failures - 1) * 0.5)
+        assert await relay.drain() == 0  # not due yet: nothing is tried
+        assert len(sink.deliveries) == failures
+        clock.now = due
 
-    assert await service.relay.publish_pending() == payment.version
+    assert await relay.publish_pending() == payment.version
     assert sink.deliveries == [expected, expected, expected]
     assert [e.event_id for e in recorder.events] == expected
     assert await service.store.outbox_parked() == []
-    assert await service.relay.drain() == 0
+    assert await relay.drain() == 0
+    assert (relay.published, relay.failed, relay.parked) == (payment.version, 2 * len(expected), 0)
+
+
+def test_backoff_is_exponential_with_full_jitter_and_capped() -> None:
+    settings = RelaySettings(base_backoff_s=0.1, max_backoff_s=1.0)
+    assert backoff_delay(settings, 1, lambda: 0.0) == pytest.approx(0.1)
+    assert backoff_delay(settings, 3, lambda: 0.0) == pytest.approx(0.4)
+    assert backoff_delay(settings, 3, lambda: 0.75) == pytest.approx(0.1)
+    assert backoff_delay(settings, 30, lambda: 0.0) == pytest.approx(1.0)  # capped
+    # Never zero: a failed payment is never due again at the same instant.
+    assert 0 < backoff_delay(settings, 1, lambda: 0.999999) < 1e-6
+    jittered = {backoff_delay(settings, 4, random.Random(seed).random) for seed in range(50)}
+    assert len(jittered) == 50 and all(0 < d <= 0.8 for d in jittered)
+
+
+async def test_a_failing_payment_never_blocks_the_others() -> None:
+    sink, clock = PoisonSink(), Clock()
+    service, recorder = recorded_service()
+    relay = relay_for(service, [sink], clock, max_attempts=3)
+    poisoned = await service.pay(request(100))
+    sink.poisoned.add(poisoned.id)
+    healthy = await service.pay(request(200))
+
+    assert await relay.drain() == healthy.version
+    # The mixed batch failed; delivered again payment by payment, only the poisoned failed.
+    assert sink.batches == [ids(poisoned) + ids(healthy), ids(poisoned), ids(healthy)]
+    assert sink.accepted == ids(healthy)
+    assert {e.payment_id for e in recorder.events} == {healthy.id}
+
+    # While the poisoned payment backs off, new payments flow at once.
+    for attempt in (2, 3):
+        later = await service.pay(request(300 + attempt))
+        assert await relay.drain() == later.version
+        assert sink.accepted[-later.version :] == ids(later)
+        clock.now = await next_retry(service, clock) or clock.now
+        assert await relay.drain() == 0
+        assert sink.batches[-1] == ids(poisoned)  # alone: nothing to isolate
+    # Third failure: parked with its error; listeners never saw it.
+    parked = await service.store.outbox_parked()
+    assert [m.message_id for m, _ in parked] == ids(poisoned)
+    assert all(m.attempts == 3 for m, _ in parked)
+    assert all(error == "poison: ValueError('cannot decode')" for _, error in parked)
+    assert poisoned.id not in {e.payment_id for e in recorder.events}
+    assert relay.parked == poisoned.version
+    assert service.store.outbox_size() == 0  # type: ignore[attr-defined]
+
+    # The payment's later messages continue (consumers see the gap), once the sink copes.
+    sink.poisoned.clear()
+    refunded = await service.refund(poisoned.id, Money(10, "USD"))
+    assert await relay.drain() == refunded.version - poisoned.version
+    assert sink.accepted[poisoned.version - refunded.version :] == ids(refunded)[poisoned.version :]
+    # Requeued, the parked ones arrive late, in their own order.
+    assert await service.store.outbox_requeue() == ids(poisoned)
+    assert await relay.drain() == poisoned.version
+    assert sink.accepted[-poisoned.version :] == ids(poisoned)
+    assert await service.store.outbox_parked() == []
 
 
 async def test_messages_are_parked_after_max_attempts_and_later_ones_still_flow() -> None:
-    sink = FlakySink(failures=3)
-    service, recorder = recorded_service(SinkPlugin(sink))
-    relay = OutboxRelay(service.store, [sink], service.hooks, RelaySettings(max_attempts=3))
+    sink, clock = FlakySink(failures=3), Clock()
+    service, recorder = recorded_service()
+    relay = relay_for(service, [sink], clock, max_attempts=3)
     first = await service.pay(request())
-    first_ids = [f"{first.id}:{v}" for v in range(1, first.version + 1)]
+    first_ids = ids(first)
 
     for _ in range(3):
-        with pytest.raises(ConnectionError):
-            await relay.publish_pending()
+        assert await relay.publish_pending() == 0
+        clock.now = await next_retry(service, clock) or clock.now
 
     parked = await service.store.outbox_parked()
     assert [m.message_id for m, _ in parked] == first_ids
@@ -277,38 +406,210 @@ async def test_messages_are_parked_after_max_attempts_and_later_ones_still_flow(
     assert await relay.publish_pending() == 0
     assert recorder.events == []  # parked messages never reached listeners
 
-    # The queue is not blocked: the broker is back and new events go through.
+    # Nothing is blocked: the broker is back and new events go through.
     second = await service.pay(request(500))
     assert await relay.drain() == second.version
-    assert sink.deliveries[-1] == [f"{second.id}:{v}" for v in range(1, second.version + 1)]
+    assert sink.deliveries[-1] == ids(second)
     assert {e.payment_id for e in recorder.events} == {second.id}
 
 
 async def test_default_relay_parks_after_ten_attempts() -> None:
-    sink = FlakySink(failures=1_000)
-    service, _ = recorded_service(SinkPlugin(sink))
+    sink, clock = FlakySink(failures=1_000), Clock()
+    service, _ = recorded_service()
+    relay = relay_for(service, [sink], clock)
     payment = await service.pay(request())
     attempts = 0
+    waits = []
     while service.store.outbox_size():  # type: ignore[attr-defined]
-        with pytest.raises(ConnectionError):
-            await service.relay.publish_pending()
+        assert await relay.publish_pending() == 0
         attempts += 1
         assert attempts <= RelaySettings().max_attempts
+        due = await next_retry(service, clock)
+        if due is not None:
+            waits.append((due - clock()).total_seconds())
+            clock.now = due
     assert attempts == RelaySettings().max_attempts
     assert len(await service.store.outbox_parked()) == payment.version
+    # 0.025, 0.05, ... doubling (half the cap, rng 0.5), capped at 5 s * 0.5.
+    assert waits == pytest.approx([min(0.05 * 2**n, 5.0) * 0.5 for n in range(9)])
 
 
 async def test_every_sink_gets_every_message_at_least_once() -> None:
-    steady, flaky = FlakySink("steady"), FlakySink("flaky", failures=1)
-    service, _ = recorded_service(SinkPlugin(steady, flaky))
+    steady, flaky, clock = FlakySink("steady"), FlakySink("flaky", failures=1), Clock()
+    service, _ = recorded_service()
+    relay = relay_for(service, [steady, flaky], clock)
     payment = await service.pay(request())
-    with pytest.raises(ConnectionError):
-        await service.relay.publish_pending()
-    await service.relay.drain()
-    expected = {f"{payment.id}:{v}" for v in range(1, payment.version + 1)}
+    assert await relay.publish_pending() == 0
+    clock.now = await next_retry(service, clock) or clock.now
+    assert await relay.drain() == payment.version
     for sink in (steady, flaky):
         delivered = {message_id for batch in sink.deliveries for message_id in batch}
-        assert delivered == expected
+        assert delivered == set(ids(payment))
+    assert len(steady.deliveries) == 2  # the steady sink saw the batch again: dedupe on id
+
+
+async def test_a_sink_failing_for_one_payment_stops_later_sinks_for_it_only() -> None:
+    first, second, clock = PoisonSink("first"), PoisonSink("second"), Clock()
+    service, recorder = recorded_service()
+    relay = relay_for(service, [first, second], clock)
+    bad = await service.pay(request(100))
+    good = await service.pay(request(200))
+    second.poisoned.add(bad.id)
+    assert await relay.drain() == good.version
+    assert first.accepted == ids(bad) + ids(good)  # the first sink took both
+    assert second.accepted == ids(good)
+    assert {e.payment_id for e in recorder.events} == {good.id}
+    pending = await service.store.outbox_pending(100)
+    assert [(m.message_id, m.attempts) for m in pending] == [(i, 1) for i in ids(bad)]
+
+
+async def test_a_hanging_sink_fails_the_batch_within_the_lease() -> None:
+    class HangingSink:
+        name = "hanging"
+
+        async def publish(self, messages: Sequence[OutboxMessage]) -> None:
+            await anyio.sleep_forever()
+
+    clock = Clock()
+    service, recorder = recorded_service()
+    relay = relay_for(service, [HangingSink()], clock, lease_s=0.2)
+    payment = await service.pay(request())
+    with anyio.fail_after(30):
+        assert await relay.publish_pending() == 0  # gave up after 80% of the lease
+    assert recorder.events == []
+    pending = await service.store.outbox_pending(100)
+    assert [m.attempts for m in pending] == [1] * payment.version
+    counts = await service.store.outbox_counts(clock())
+    assert counts.backing_off == payment.version and counts.leased_payments == 0
+
+
+async def test_cancelling_a_relay_mid_batch_still_settles_the_batch() -> None:
+    class GateSink:
+        name = "gate"
+
+        def __init__(self) -> None:
+            self.entered, self.release = anyio.Event(), anyio.Event()
+            self.calls = 0
+
+        async def publish(self, messages: Sequence[OutboxMessage]) -> None:
+            self.calls += 1
+            self.entered.set()
+            await self.release.wait()
+
+    sink, clock = GateSink(), Clock()
+    service, recorder = recorded_service()
+    relay = relay_for(service, [sink], clock)
+    payment = await service.pay(request())
+    async with anyio.create_task_group() as group:
+        group.start_soon(relay.publish_pending)
+        await sink.entered.wait()
+        group.cancel_scope.cancel()  # e.g. the service shutting down mid-delivery
+        sink.release.set()
+    # The batch was seen through: delivered once, marked published, nothing to redeliver.
+    assert relay.published == payment.version
+    assert [e.event_id for e in recorder.events] == ids(payment)
+    assert service.store.outbox_size() == 0  # type: ignore[attr-defined]
+    assert await relay.drain() == 0 and sink.calls == 1
+
+
+async def test_relay_does_not_raise_on_exit_while_a_sink_is_down() -> None:
+    sink = FlakySink(failures=1_000)
+    service, recorder = recorded_service(SinkPlugin(sink))
+    async with service:
+        payment = await service.pay(request())
+    # Leaving drained what was deliverable; the failing payment backs off, still pending.
+    assert recorder.events == []
+    assert service.store.outbox_size() == payment.version  # type: ignore[attr-defined]
+    assert sink.deliveries and service.relay.failed > 0
+
+
+async def test_background_relay_wakes_when_a_backoff_is_due() -> None:
+    class BrokenUntilToldSink:
+        name = "broken"
+
+        def __init__(self) -> None:
+            self.broken = True
+            self.failed = anyio.Event()
+            self.delivered = anyio.Event()
+            self.calls = 0
+
+        async def publish(self, messages: Sequence[OutboxMessage]) -> None:
+            self.calls += 1
+            if self.broken:
+                self.failed.set()
+                raise ConnectionError("down")
+            self.delivered.set()
+
+    sink = BrokenUntilToldSink()
+    service, recorder = recorded_service(SinkPlugin(sink))
+    with anyio.fail_after(30):
+        async with service:
+            payment = await service.pay(request())  # its last commit is the last wake-up
+            await sink.failed.wait()
+            sink.broken = False
+            # No commit, no notify: only the payment's backoff ending can wake the relay.
+            await sink.delivered.wait()
+            await wait_until(lambda: len(recorder.events) == payment.version)
+    assert [e.event_id for e in recorder.events] == ids(payment)
+    assert sink.calls < 20  # woken by deadlines, not spinning
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    """Let other tasks run until ``condition`` holds (they only need the event loop)."""
+    while not condition():
+        await anyio.lowlevel.checkpoint()
+
+
+async def test_several_relays_on_one_store_deliver_each_payment_in_order() -> None:
+    class SlowRecorder:
+        """Suspends inside every publish, so relays interleave."""
+
+        name = "recorder"
+
+        def __init__(self) -> None:
+            self.log: list[tuple[str, int]] = []
+
+        async def publish(self, messages: Sequence[OutboxMessage]) -> None:
+            for message in messages:
+                await anyio.lowlevel.checkpoint()
+                self.log.append((message.payment_id, message.sequence))
+
+    sink = SlowRecorder()
+    service = make_test_service(gateways=[ScriptedGateway()])
+    relays = [
+        OutboxRelay(service.store, [sink], service.hooks, RelaySettings(batch_size=5))
+        for _ in range(3)
+    ]
+    for relay in relays:
+        service.store.on_commit(relay.notify)
+
+    async def pay(minor: int) -> None:
+        payment = await service.pay(request(minor))
+        if minor % 3 == 0:
+            await service.refund(payment.id, Money(10, "USD"))
+
+    async with anyio.create_task_group() as relays_group:
+        for relay in relays:
+            relays_group.start_soon(relay.run)
+        async with anyio.create_task_group() as payers:
+            for minor in range(100, 160):
+                payers.start_soon(pay, minor)
+        with anyio.fail_after(30):
+            await wait_until(lambda: service.store.outbox_size() == 0)  # type: ignore[attr-defined]
+            for relay in relays:
+                await relay.drain()
+        relays_group.cancel_scope.cancel()
+
+    ids_ = await service.store.payment_ids()
+    total = 0
+    for payment_id in ids_:
+        versions = [v for p, v in sink.log if p == payment_id]
+        history = await service.payment_history(payment_id)
+        assert versions == list(range(1, len(history) + 1))  # once each, in order
+        total += len(history)
+    assert len(sink.log) == total
+    assert sum(relay.published for relay in relays) == total
+    assert all(relay.published > 0 for relay in relays)  # they really shared the work
 
 
 # -- replay ----------------------------------------------------------------------------------------

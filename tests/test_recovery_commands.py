@@ -240,7 +240,15 @@ def test_reconcile_and_outbox_commands(filled_db: tuple[Path, str]) -> None:
     status_json = json.loads(
         aegispay("outbox", "status", "--store", url, "--json", cwd=directory).stdout
     )
-    assert status_json == {"pending": 0, "parked": []}
+    assert status_json == {
+        "pending": 0,
+        "ready": 0,
+        "backing_off": 0,
+        "backing_off_payments": 0,
+        "leased_payments": 0,
+        "next_retry_at": None,
+        "parked": [],
+    }
 
     relay = aegispay("outbox", "relay", "--once", "--store", url, cwd=directory)
     assert relay.returncode == 0, relay.stderr

@@ -18,15 +18,18 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, nullcontext
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import anyio
 import asyncpg  # type: ignore[import-untyped]
+import attrs
 import sqlalchemy as sa
 from alembic import command
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import exc
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import StaticPool
@@ -40,12 +43,24 @@ from ..errors import (
     StoreUnavailable,
 )
 from ..events import Event
-from ..outbox import OutboxMessage
+from ..outbox import OutboxCounts, OutboxFailure, OutboxMessage, OutboxSettled
 from ..payment import Payment
 from ..serialization import EventTypes, make_converter
 from ..urls import safe_url
 from . import migrations
-from .base import UNSETTLED_STATES, Change, IdempotencyClaimed, IdempotencyRecord, is_unsettled
+from .base import (
+    IN_FLIGHT,
+    RECOVERY_POINTS,
+    UNSETTLED_STATES,
+    Change,
+    IdempotencyClaimed,
+    IdempotencyRecord,
+    IdempotencyState,
+    RecoveryPoint,
+    is_unsettled,
+)
+from .group_commit import Coalescer
+from .sql_batch import RedoAll, upsert_attempts, write_batch
 from .sql_schema import (
     idempotency_keys,
     metadata,
@@ -118,12 +133,55 @@ def _dumps(data: Any) -> str:
     return json.dumps(data, separators=(",", ":"), sort_keys=True)
 
 
+@attrs.frozen
+class _Advance:
+    """One ``idempotency_advance``: forward only, in one guarded UPDATE (the record must be in
+    flight, of this payment, and at the new point or before it)."""
+
+    scope: str
+    key: str
+    payment_id: str
+    recovery_point: RecoveryPoint
+    state: IdempotencyState
+    at: datetime
+
+    def batch_keys(self) -> tuple[tuple[str, str]]:
+        return ((self.scope, self.key),)
+
+    def update(self) -> sa.Update:
+        table = idempotency_keys
+        earlier = RECOVERY_POINTS[: RECOVERY_POINTS.index(self.recovery_point) + 1]
+        return (
+            table.update()
+            .where(
+                table.c.scope == self.scope,
+                table.c.key == self.key,
+                table.c.payment_id == self.payment_id,
+                table.c.state == IN_FLIGHT,
+                table.c.recovery_point.in_(earlier),
+            )
+            .values(
+                recovery_point=self.recovery_point,
+                state=self.state,
+                locked_at=self.at if self.state == IN_FLIGHT else None,
+            )
+        )
+
+
 class SqlStore:
     """A :class:`~aegispay.store.base.PaymentStore` on SQLite or PostgreSQL."""
 
     def __init__(
-        self, url: str, event_types: EventTypes | None = None, *, schema: str | None = None
+        self,
+        url: str,
+        event_types: EventTypes | None = None,
+        *,
+        schema: str | None = None,
+        group_commit: bool = True,
+        max_batch: int = 500,
     ) -> None:
+        """``group_commit``: concurrent commits share transactions (see
+        :mod:`aegispay.store.group_commit`); ``max_batch`` caps the changes in one."""
         self._url: URL = make_url(normalise_url(url))
         self._given_url = safe_url(url)  # as the user wrote it, password masked
         self._schema = schema
@@ -154,6 +212,10 @@ class SqlStore:
             _configure_sqlite(self._engine.sync_engine, wal=not memory)
         # Writers on SQLite take the write lock up front (BEGIN IMMEDIATE, see below).
         self._writer = self._engine.execution_options(aegispay_write=True)
+        self._commits: Coalescer[Change, None] | None = None
+        if group_commit:
+            self._commits = Coalescer(self._commit_batch, max_batch=max_batch, keys=_commit_keys)
+        self._loads: Coalescer[str, str | None] = Coalescer(self._load_batch, max_batch=max_batch)
 
     @property
     def url(self) -> str:
@@ -200,6 +262,8 @@ class SqlStore:
 
     async def close(self) -> None:
         self._listeners.clear()
+        if self._commits is not None:
+            await self._commits.wait_idle()
         with self._errors():
             await self._engine.dispose()
 
@@ -213,6 +277,36 @@ class SqlStore:
     # -- writing ------------------------------------------------------------------------------
 
     async def commit(self, change: Change) -> None:
+        if self._commits is not None:
+            # Group commit: acknowledged once the shared transaction holding this change
+            # committed, or with this change's own error.
+            await self._commits.submit(change)
+        else:
+            await self._commit_one(change)
+        # Only after the transaction committed: a listener must never see a rolled-back write.
+        for listener in self._listeners:
+            listener()
+
+    async def _commit_batch(self, changes: Sequence[Change]) -> list[BaseException | None]:
+        """One transaction for many changes (see :mod:`aegispay.store.sql_batch`); the
+        changes it leaves undecided, or all of them if it cannot be trusted, go one by one."""
+        results: list[BaseException | None] = [None] * len(changes)
+        try:
+            with self._errors():
+                async with self._transaction(write=True) as conn:
+                    one_by_one = await write_batch(conn, changes, self, postgres=not self._sqlite)
+        except RedoAll:
+            one_by_one = set(range(len(changes)))
+        except AegisPayError as error:  # e.g. the database is unavailable: nothing written
+            return [error] * len(changes)
+        for i in sorted(one_by_one):
+            try:
+                await self._commit_one(changes[i])
+            except Exception as error:
+                results[i] = error
+        return results
+
+    async def _commit_one(self, change: Change) -> None:
         with self._errors():
             try:
                 async with self._transaction(write=True) as conn:
@@ -229,20 +323,48 @@ class SqlStore:
                 if existing is None:  # claimed and gone again in between: only expiry does that
                     raise StoreError(f"idempotency key {claim.key!r} vanished; retry") from None
                 raise IdempotencyClaimed(existing) from None
-        # Only after the transaction committed: a listener must never see a rolled-back write.
-        for listener in self._listeners:
-            listener()
+
+    def _projection_row(self, change: Change) -> dict[str, Any]:
+        """The ``payments`` row for a new payment (and the values of an update)."""
+        payment = change.payment
+        return {
+            "id": payment.id,
+            "version": payment.version,
+            "state": payment.state.value,
+            "fence": change.fencing_token or 0,
+            "data": _dumps(self._converter.unstructure(payment)),
+        }
+
+    def _attempt_rows(self, change: Change) -> list[dict[str, Any]]:
+        """``payment_attempts`` rows for the attempts this change's events touched."""
+        numbers = {n for e in change.events if (n := getattr(e, "attempt_no", None)) is not None}
+        if not numbers:
+            return []
+        payment = change.payment
+        return [
+            {
+                "payment_id": payment.id,
+                "attempt_no": attempt.number,
+                "gateway": attempt.gateway,
+                "idempotency_key": attempt.idempotency_key,
+                "outcome": attempt.outcome.value if attempt.outcome is not None else None,
+                "gateway_reference": attempt.gateway_reference,
+                "updated_at": payment.updated_at,
+            }
+            for attempt in payment.attempts
+            if attempt.number in numbers
+        ]
 
     async def _write_projection(self, conn: AsyncConnection, change: Change) -> None:
         payment, token = change.payment, change.fencing_token
+        if change.expected_version == 0:
+            await self._insert(conn, payments, [self._projection_row(change)])
+            return
         values: dict[str, Any] = {
             "version": payment.version,
             "state": payment.state.value,
             "data": _dumps(self._converter.unstructure(payment)),
         }
-        if change.expected_version == 0:
-            await self._insert(conn, payments, [{**values, "id": payment.id, "fence": token or 0}])
-            return
         # Version check and fence check in the one statement that writes: no read-then-write gap.
         guard = sa.and_(payments.c.id == payment.id, payments.c.version == change.expected_version)
         if token is not None:
@@ -253,10 +375,30 @@ class SqlStore:
             raise _Rejected
 
     async def _claim(self, conn: AsyncConnection, record: IdempotencyRecord) -> None:
+        """Claim ``record``'s key; a record that has expired by the claim's ``created_at`` (the
+        claimer's clock) is replaced, an unexpired one never is (then ``_Claimed``).
+
+        One ``INSERT ... ON CONFLICT DO UPDATE ... WHERE expired``: check and replacement are a
+        single atomic step of this transaction, and a conflict does not abort it. Two claimers
+        of one expired key: the second waits for the first's row lock, then PostgreSQL checks
+        the WHERE against the row the first committed - unexpired, so nothing is written and
+        the second gets _Claimed (SQLite writers are serialised anyway).
+        """
+        insert = sqlite_insert if self._sqlite else postgresql_insert
+        row = self._claim_row(record)
+        statement = insert(idempotency_keys).values(row)
+        keys = idempotency_keys.c
+        statement = statement.on_conflict_do_update(
+            index_elements=[keys.scope, keys.key],
+            set_={name: statement.excluded[name] for name in row if name not in ("scope", "key")},
+            where=keys.expires_at <= statement.excluded.created_at,
+        )
         try:
-            await conn.execute(idempotency_keys.insert(), [self._claim_row(record)])
+            result = await conn.execute(statement)
         except exc.IntegrityError:
             raise _Claimed from None
+        if result.rowcount != 1:  # a live record holds the key: nothing was written
+            raise _Claimed
 
     def _claim_row(self, record: IdempotencyRecord) -> dict[str, Any]:
         """The ``idempotency_keys`` row for a new claim (shared by every write path)."""
@@ -268,6 +410,9 @@ class SqlStore:
             "response": _dumps(self._converter.unstructure(record.response)),
             "created_at": record.created_at,
             "expires_at": record.expires_at,
+            "state": record.state,
+            "recovery_point": record.recovery_point,
+            "locked_at": record.locked_at,
         }
 
     async def _append(self, conn: AsyncConnection, change: Change) -> None:
@@ -277,6 +422,10 @@ class SqlStore:
         await self._insert(conn, payment_events, history)
         # Inserted in event order inside this transaction, so seq order is commit order.
         await self._insert(conn, outbox, messages)
+        attempts = self._attempt_rows(change)
+        if attempts:
+            insert = sqlite_insert if self._sqlite else postgresql_insert
+            await conn.execute(upsert_attempts(insert), attempts)
 
     def _event_rows(
         self, events: Sequence[Event]
@@ -314,9 +463,17 @@ class SqlStore:
     # -- reading ------------------------------------------------------------------------------
 
     async def load(self, payment_id: str) -> Payment | None:
-        query = sa.select(payments.c.data).where(payments.c.id == payment_id)
-        data = await self._scalar(query)
+        # Concurrent loads share one query (and one pooled connection): under load, a query
+        # per payment would queue for connections and dominate the path.
+        data = await self._loads.submit(payment_id)
         return None if data is None else self._converter.structure(json.loads(data), Payment)
+
+    async def _load_batch(self, payment_ids: Sequence[str]) -> list[str | None]:
+        query = sa.select(payments.c.id, payments.c.data).where(
+            payments.c.id.in_(sorted(set(payment_ids)))
+        )
+        found = {row.id: row.data for row in await self._rows(query)}
+        return [found.get(payment_id) for payment_id in payment_ids]
 
     async def events(self, payment_id: str) -> list[Event]:
         query = (
@@ -326,17 +483,15 @@ class SqlStore:
         )
         return [self._event_types.from_dict(json.loads(d)) for d in await self._scalars(query)]
 
-    async def find_idempotency(self, scope: str, key: str) -> IdempotencyRecord | None:
+    async def find_idempotency(
+        self, scope: str, key: str, now: datetime | None = None
+    ) -> IdempotencyRecord | None:
         table = idempotency_keys
-        rows = await self._rows(sa.select(table).where(table.c.scope == scope, table.c.key == key))
-        if not rows:
-            return None
-        row = rows[0]
-        response = self._converter.structure(json.loads(row.response), Payment)
-        return IdempotencyRecord(
-            row.scope, row.key, row.fingerprint, row.payment_id, response, row.created_at,
-            row.expires_at,
-        )  # fmt: skip
+        query = sa.select(table).where(table.c.scope == scope, table.c.key == key)
+        if now is not None:
+            query = query.where(table.c.expires_at > now)
+        rows = await self._rows(query)
+        return self._idempotency_record(rows[0]) if rows else None
 
     async def payment_ids(self) -> list[str]:
         return list(await self._scalars(sa.select(payments.c.id).order_by(payments.c.id)))
@@ -364,65 +519,235 @@ class SqlStore:
         return found
 
     # -- outbox -------------------------------------------------------------------------------
+    # A payment's rows get their ``seq`` in ``sequence`` order (its next change commits only
+    # after the previous one), so "oldest first" is ``seq`` order, per payment and overall.
+    # Pending = ``_PENDING``; a payment backs off while one of its pending rows has a
+    # ``next_attempt_at`` after now; leases live in ``outbox_leases`` (released on settle; a
+    # dead relay's expired lease is overwritten by the next claim of that payment).
 
     async def outbox_size(self) -> int:
         """How many messages wait to be published (not parked)."""
         count = sa.select(sa.func.count()).select_from(outbox).where(_PENDING)
         return int(await self._scalar(count) or 0)
 
+    async def outbox_claim(
+        self, owner: str, now: datetime, lease_until: datetime, limit: int
+    ) -> list[OutboxMessage]:
+        if limit <= 0:
+            return []
+        with self._errors():
+            async with self._transaction(write=True) as conn:
+                claim = _outbox_claim_statement(owner, now, lease_until, limit, self._sqlite)
+                claimed = list((await conn.execute(claim)).scalars())
+                if not claimed:
+                    return []
+                fetch = (
+                    sa.select(outbox)
+                    .where(outbox.c.payment_id.in_(claimed), _PENDING)
+                    .order_by(outbox.c.seq)
+                    .limit(limit)
+                )
+                rows = (await conn.execute(fetch)).all()
+        groups: dict[str, list[OutboxMessage]] = {}
+        for row in rows:
+            groups.setdefault(row.payment_id, []).append(self._message(row))
+        batch: list[OutboxMessage] = []
+        for messages in groups.values():
+            batch.extend(sorted(messages, key=lambda m: m.sequence))
+        return batch
+
+    async def outbox_settle(
+        self,
+        owner: str,
+        now: datetime,
+        delivered: Sequence[OutboxMessage],
+        failures: Sequence[OutboxFailure],
+        max_attempts: int,
+    ) -> OutboxSettled:
+        touched = sorted({m.payment_id for m in delivered} | {f.payment_id for f in failures})
+        if not touched:
+            return OutboxSettled()
+        leases = outbox_leases
+        with self._errors():
+            async with self._transaction(write=True) as conn:
+                # Lock our leases first: a relay taking over an expired one waits for this
+                # transaction, then finds the rows published.
+                mine = (
+                    sa.select(leases.c.payment_id)
+                    .where(
+                        leases.c.payment_id.in_(touched),
+                        leases.c.owner == owner,
+                        leases.c.expires_at > now,
+                    )
+                    .order_by(leases.c.payment_id)
+                    .with_for_update()
+                )
+                held = set((await conn.execute(mine)).scalars())
+                published_ids = [m.message_id for m in delivered if m.payment_id in held]
+                ours = [f for f in failures if f.payment_id in held]
+                refused = len(delivered) - len(published_ids)
+                refused += sum(len(f.message_ids) for f in failures if f.payment_id not in held)
+                published = 0
+                if published_ids:
+                    mark = (
+                        outbox.update()
+                        .where(outbox.c.message_id.in_(published_ids), _PENDING)
+                        .values(published_at=now)
+                    )
+                    published = (await conn.execute(mark)).rowcount
+                counted: Sequence[Any] = ()
+                if ours:
+                    failed_ids = [i for f in ours for i in f.message_ids]
+                    failing = _outbox_failure_statement(ours, failed_ids, max_attempts)
+                    counted = (await conn.execute(failing)).all()
+                if held:
+                    release = leases.delete().where(
+                        leases.c.owner == owner, leases.c.payment_id.in_(sorted(held))
+                    )
+                    await conn.execute(release)
+        now_parked = {row.message_id for row in counted if row.parked}
+        parked = tuple(i for f in failures for i in f.message_ids if i in now_parked)
+        return OutboxSettled(published, len(counted), parked, refused)
+
+    async def outbox_next_due(self, owner: str, after: datetime) -> datetime | None:
+        retry = sa.select(sa.func.min(outbox.c.next_attempt_at)).where(
+            _PENDING, outbox.c.next_attempt_at > after
+        )
+        lease = sa.select(sa.func.min(outbox_leases.c.expires_at)).where(
+            outbox_leases.c.owner != owner, outbox_leases.c.expires_at > after
+        )
+        row = (await self._rows(sa.select(retry.scalar_subquery(), lease.scalar_subquery())))[0]
+        times = [t for t in row if t is not None]
+        return min(times, default=None)
+
+    async def outbox_lease_owners(self, now: datetime) -> list[str]:
+        leases = outbox_leases
+        query = sa.select(leases.c.owner).where(leases.c.expires_at > now).distinct()
+        return sorted(await self._scalars(query))
+
+    async def outbox_release(self, owners: Sequence[str]) -> int:
+        if not owners:
+            return 0
+        release = outbox_leases.delete().where(outbox_leases.c.owner.in_(list(owners)))
+        with self._errors():
+            async with self._transaction(write=True) as conn:
+                return int((await conn.execute(release)).rowcount)
+
     async def outbox_pending(self, limit: int) -> list[OutboxMessage]:
         query = sa.select(outbox).where(_PENDING).order_by(outbox.c.seq).limit(max(limit, 0))
         return [self._message(row) for row in await self._rows(query)]
-
-    async def outbox_mark_published(self, message_ids: Sequence[str]) -> None:
-        # As the memory store: only the head of the queue, in order, is published.
-        wanted = set(message_ids)
-        if not wanted:
-            return
-        with self._errors():
-            async with self._transaction(write=True) as conn:
-                head = sa.select(outbox.c.seq, outbox.c.message_id).where(_PENDING)
-                rows = await conn.execute(head.order_by(outbox.c.seq).limit(len(wanted)))
-                seqs = []
-                for row in rows:
-                    if row.message_id not in wanted:
-                        break
-                    seqs.append(row.seq)
-                if seqs:
-                    now = datetime.now(UTC)
-                    update = outbox.update().where(outbox.c.seq.in_(seqs))
-                    await conn.execute(update.values(published_at=now))
-
-    async def outbox_record_failure(
-        self, message_ids: Sequence[str], error: str, max_attempts: int
-    ) -> None:
-        with self._errors():
-            async with self._transaction(write=True) as conn:
-                counted = outbox.update().where(outbox.c.message_id.in_(list(message_ids)))
-                await conn.execute(counted.values(attempts=outbox.c.attempts + 1, last_error=error))
-                # Park the head while it has used up its attempts, so it stops blocking the
-                # queue; a message further back waits its turn (per-payment order).
-                while True:
-                    head = sa.select(outbox.c.seq, outbox.c.attempts).where(_PENDING)
-                    rows = (await conn.execute(head.order_by(outbox.c.seq).limit(500))).all()
-                    exhausted = []
-                    for row in rows:
-                        if row.attempts < max_attempts:
-                            break
-                        exhausted.append(row.seq)
-                    if exhausted:
-                        park = outbox.update().where(outbox.c.seq.in_(exhausted))
-                        await conn.execute(park.values(parked=True))
-                    if len(exhausted) < 500:
-                        break
 
     async def outbox_parked(self) -> list[tuple[OutboxMessage, str]]:
         query = sa.select(outbox).where(outbox.c.parked.is_(True)).order_by(outbox.c.seq)
         return [(self._message(row), row.last_error or "") for row in await self._rows(query)]
 
+    async def outbox_requeue(self, message_ids: Sequence[str] | None = None) -> list[str]:
+        requeue = outbox.update().where(outbox.c.parked.is_(True), outbox.c.published_at.is_(None))
+        if message_ids is not None:
+            if not message_ids:
+                return []
+            requeue = requeue.where(outbox.c.message_id.in_(list(message_ids)))
+        requeue = requeue.values(parked=False, attempts=0, next_attempt_at=None)
+        with self._errors():
+            async with self._transaction(write=True) as conn:
+                done = set((await conn.execute(requeue.returning(outbox.c.message_id))).scalars())
+        if message_ids is not None:
+            return [i for i in dict.fromkeys(message_ids) if i in done]
+        return sorted(done)
+
+    async def outbox_counts(self, now: datetime) -> OutboxCounts:
+        waiting = sa.and_(_PENDING, outbox.c.next_attempt_at > now)
+        backing_off_ids = sa.select(outbox.c.payment_id).where(waiting)
+
+        def count(*where: Any) -> Any:
+            return sa.select(sa.func.count()).select_from(outbox).where(*where).scalar_subquery()
+
+        query = sa.select(
+            count(_PENDING),
+            count(_PENDING, outbox.c.payment_id.in_(backing_off_ids)),
+            sa.select(sa.func.count(sa.distinct(outbox.c.payment_id)))
+            .where(waiting)
+            .scalar_subquery(),
+            sa.select(sa.func.count())
+            .select_from(outbox_leases)
+            .where(outbox_leases.c.expires_at > now)
+            .scalar_subquery(),
+            count(outbox.c.parked.is_(True)),
+            sa.select(sa.func.min(outbox.c.next_attempt_at)).where(waiting).scalar_subquery(),
+        )
+        pending, backing_off, payments, leased, parked, next_retry = (await self._rows(query))[0]
+        return OutboxCounts(
+            pending=pending,
+            ready=pending - backing_off,
+            backing_off=backing_off,
+            backing_off_payments=payments,
+            leased_payments=leased,
+            parked=parked,
+            next_retry_at=next_retry,
+        )
+
     def _message(self, row: Any) -> OutboxMessage:
         event = self._event_types.from_dict(json.loads(row.data))
         return OutboxMessage(row.message_id, row.payment_id, row.sequence, event, row.attempts)
+
+    # -- idempotency --------------------------------------------------------------------------
+
+    # With group commit, concurrent advances share a transaction (created on first use).
+    _advances: Coalescer[_Advance, bool] | None = None
+
+    async def idempotency_advance(
+        self,
+        scope: str,
+        key: str,
+        payment_id: str,
+        recovery_point: RecoveryPoint,
+        state: IdempotencyState,
+        at: datetime,
+    ) -> bool:
+        step = _Advance(scope, key, payment_id, recovery_point, state, at)
+        if self._commits is None:
+            (result,) = await self._advance_batch([step])
+        else:
+            if self._advances is None:
+                self._advances = Coalescer(self._advance_batch, keys=_Advance.batch_keys)
+            result = await self._advances.submit(step)
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    async def _advance_batch(self, steps: Sequence[_Advance]) -> list[bool | BaseException]:
+        """Each step is its own guarded UPDATE; one transaction (one commit) for them all."""
+        try:
+            with self._errors():
+                async with self._transaction(write=True) as conn:
+                    return [(await conn.execute(step.update())).rowcount == 1 for step in steps]
+        except AegisPayError as error:  # e.g. the database is unavailable: nothing written
+            return [error] * len(steps)
+
+    async def idempotency_in_flight(
+        self, older_than: datetime, *, now: datetime | None = None, limit: int = 100
+    ) -> list[IdempotencyRecord]:
+        table = idempotency_keys
+        query = (
+            sa.select(table)
+            .where(
+                table.c.state == IN_FLIGHT,
+                sa.or_(table.c.locked_at.is_(None), table.c.locked_at < older_than),
+            )
+            .order_by(table.c.locked_at.is_not(None), table.c.locked_at, table.c.created_at)
+            .limit(max(limit, 0))
+        )
+        if now is not None:
+            query = query.where(table.c.expires_at > now)
+        return [self._idempotency_record(row) for row in await self._rows(query)]
+
+    def _idempotency_record(self, row: Any) -> IdempotencyRecord:
+        response = self._converter.structure(json.loads(row.response), Payment)
+        return IdempotencyRecord(
+            row.scope, row.key, row.fingerprint, row.payment_id, response, row.created_at,
+            row.expires_at, state=row.state, recovery_point=row.recovery_point,
+            locked_at=row.locked_at,
+        )  # fmt: skip
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -471,6 +796,14 @@ class SqlStore:
         return text.replace(str(password), "***") if password else text
 
 
+def _commit_keys(change: Change) -> tuple[Any, ...]:
+    """What two changes in one batch must not share: the payment, the idempotency key."""
+    claim = change.idempotency
+    if claim is None:
+        return (change.payment.id,)
+    return (change.payment.id, ("idempotency", claim.scope, claim.key))
+
+
 def _migration_context(connection: sa.Connection, schema: str | None) -> MigrationContext:
     return MigrationContext.configure(connection, opts={"version_table_schema": schema})
 
@@ -514,3 +847,84 @@ def _configure_sqlite(engine: sa.Engine, *, wal: bool) -> None:
         # write lock at BEGIN makes writers queue (busy timeout) and then see fresh data.
         write = conn.get_execution_options().get("aegispay_write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+# -- outbox statements -------------------------------------------------------------------------
+
+
+def _outbox_claim_statement(
+    owner: str, now: datetime, lease_until: datetime, limit: int, sqlite: bool
+) -> Any:
+    """One statement: lease to ``owner`` the payments of the oldest ``limit`` pending rows
+    whose payment is neither backing off nor leased by another owner; returns their ids.
+
+    A lease row that is expired (or ``owner``'s own) is taken over; one that another relay
+    took meanwhile stays its (ON CONFLICT ... WHERE), and the payment is not returned. Rows are
+    leased in payment id order, so concurrent claims never wait on each other in a cycle."""
+    row, other, lease = outbox.alias("o"), outbox.alias("b"), outbox_leases.alias("l")
+    leased_by_another = sa.exists().where(
+        lease.c.payment_id == row.c.payment_id, lease.c.owner != owner, lease.c.expires_at > now
+    )
+    # A correlated aggregate, not NOT EXISTS: the planner probes ix_outbox_payment once per
+    # row looked at instead of joining against every pending row.
+    retry_at = (
+        sa.select(sa.func.max(other.c.next_attempt_at))
+        .where(
+            other.c.payment_id == row.c.payment_id,
+            other.c.published_at.is_(None),
+            other.c.parked.is_(False),
+        )
+        .scalar_subquery()
+    )
+    oldest = (
+        sa.select(row.c.payment_id)
+        .where(row.c.published_at.is_(None), row.c.parked.is_(False))
+        .where(~leased_by_another, sa.func.coalesce(retry_at, now) <= now)
+        # ix_outbox_pending's own order (= seq order here): walked, not sorted, and never the
+        # primary key past every published row.
+        .order_by(row.c.published_at, row.c.parked, row.c.seq)
+        .limit(limit)
+        .subquery("oldest")
+    )
+    candidates = (
+        sa.select(
+            oldest.c.payment_id,
+            sa.literal(owner, outbox_leases.c.owner.type),
+            sa.literal(lease_until, outbox_leases.c.expires_at.type),
+        )
+        .where(sa.true())  # SQLite: INSERT ... SELECT ... ON CONFLICT needs a WHERE
+        .group_by(oldest.c.payment_id)
+        .order_by(oldest.c.payment_id)
+    )
+    insert = (sqlite_insert if sqlite else postgresql_insert)(outbox_leases)
+    insert = insert.from_select(["payment_id", "owner", "expires_at"], candidates)
+    return insert.on_conflict_do_update(
+        index_elements=[outbox_leases.c.payment_id],
+        set_={"owner": insert.excluded.owner, "expires_at": insert.excluded.expires_at},
+        where=sa.or_(outbox_leases.c.expires_at <= now, outbox_leases.c.owner == owner),
+    ).returning(outbox_leases.c.payment_id)
+
+
+def _outbox_failure_statement(
+    failures: Sequence[OutboxFailure], message_ids: Sequence[str], max_attempts: int
+) -> Any:
+    """One UPDATE for every failed payment: one more attempt, the payment's error and retry
+    time, parked once ``max_attempts`` is reached; returns (message_id, parked)."""
+    by_payment = outbox.c.payment_id
+    error = sa.case({f.payment_id: f.error for f in failures}, value=by_payment)
+    retry_type = outbox.c.next_attempt_at.type
+    retry_at = sa.case(
+        {f.payment_id: sa.literal(f.retry_at, retry_type) for f in failures}, value=by_payment
+    )
+    exhausted = outbox.c.attempts + 1 >= max_attempts
+    return (
+        outbox.update()
+        .where(outbox.c.message_id.in_(list(message_ids)), _PENDING)
+        .values(
+            attempts=outbox.c.attempts + 1,
+            last_error=error,
+            next_attempt_at=retry_at,
+            parked=sa.case((exhausted, sa.true()), else_=sa.false()),
+        )
+        .returning(outbox.c.message_id, outbox.c.parked)
+    )
