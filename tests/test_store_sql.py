@@ -7,10 +7,18 @@ import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import attrs
 import pytest
 from _services import POSTGRES_URL, service_unavailable
-from aegispay.errors import ConfigError, FencingTokenRejected, StoreError, StoreUnavailable
+from aegispay.errors import (
+    ConcurrencyConflict,
+    ConfigError,
+    FencingTokenRejected,
+    StoreError,
+    StoreUnavailable,
+)
+from aegispay.store.base import Change, IdempotencyClaimed
 from aegispay.store.sql import SqlStore, normalise_url
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -19,15 +27,102 @@ from store_conformance import (
     StoreFactory,
     change,
     idem,
+    initiated,
     lifecycle,
     snapshot,
+    started,
 )
+
+
+async def commit_all(store: SqlStore, changes: list[Change]) -> list[BaseException | None]:
+    """Commit ``changes`` concurrently (all queued before the first batch runs)."""
+    results: list[BaseException | None] = [None] * len(changes)
+
+    async def one(i: int) -> None:
+        try:
+            await store.commit(changes[i])
+        except Exception as error:
+            results[i] = error
+
+    async with anyio.create_task_group() as tasks:
+        for i in range(len(changes)):
+            tasks.start_soon(one, i)
+    return results
 
 
 class _SqlConformance(StoreConformance):
     @pytest.fixture
     def anyio_backend(self) -> str:
         return "asyncio"  # aiosqlite and asyncpg are asyncio libraries
+
+    async def test_group_commit_decides_each_change_on_its_own(self, store: SqlStore) -> None:
+        """Concurrent commits share transactions, yet each gets its own verdict: duplicate
+        idempotency keys, stale versions and old fencing tokens fail only their change."""
+        assert store._commits is not None
+        # Round 1: 60 creates at once (fence 100); creates 50..59 reuse keys k0..k9.
+        creates = []
+        for i in range(60):
+            first = change(None, [initiated(f"pay_{i:02}")], token=100)
+            claim = idem(first.payment, key=f"k{i % 50}")
+            creates.append(attrs.evolve(first, idempotency=claim))
+        results = await commit_all(store, creates)
+        for i in range(10):
+            pair = (results[i], results[i + 50])
+            assert sorted(r is None for r in pair) == [False, True], pair
+            loser = next(r for r in pair if r is not None)
+            assert isinstance(loser, IdempotencyClaimed)
+            winner = creates[i] if results[i] is None else creates[i + 50]
+            assert loser.existing.payment_id == winner.payment.id
+        assert all(r is None for r in results[10:50])
+        created = [c for c, r in zip(creates, results, strict=True) if r is None]
+        assert len(created) == 50
+        assert store._commits.batches < store._commits.items  # they were batched
+
+        # Round 2: payments 0-9 get an old token; 10-19 get two racing updates of version 1.
+        updates, by_payment = [], {}
+        for c in sorted(created, key=lambda c: c.payment.id)[:40]:
+            n = int(c.payment.id[4:]) if c.payment.id < "pay_50" else int(c.payment.id[4:]) - 50
+            token = 50 if n < 10 else 100
+            update = change(c.payment, [started(c.payment.id, 2)], token=token)
+            updates.append(update)
+            by_payment[c.payment.id] = [update]
+            if 10 <= n < 20:
+                twin = change(c.payment, [started(c.payment.id, 2, gateway="beta")], token=100)
+                updates.append(twin)
+                by_payment[c.payment.id].append(twin)
+        results = await commit_all(store, updates)
+        verdict = dict(zip(map(id, updates), results, strict=True))
+        for payment_id, mine in by_payment.items():
+            outcomes = [verdict[id(u)] for u in mine]
+            stored = await store.load(payment_id)
+            history = await store.events(payment_id)
+            assert stored is not None
+            if len(mine) == 2:  # the race: exactly one wins, the other conflicts
+                assert sorted(o is None for o in outcomes) == [False, True]
+                lost = next(o for o in outcomes if o is not None)
+                assert isinstance(lost, ConcurrencyConflict)
+                assert not isinstance(lost, FencingTokenRejected)
+                won = mine[outcomes.index(None)]
+                assert stored == won.payment
+                assert history[1:] == list(won.events)
+            elif mine[0].fencing_token == 50:
+                assert isinstance(outcomes[0], FencingTokenRejected)
+                assert stored.version == 1 and len(history) == 1
+            else:
+                assert outcomes == [None]
+                assert stored == mine[0].payment and len(history) == 2
+        # Every written event has its outbox message and its attempt row; nothing else does.
+        async with store._engine.connect() as conn:
+            counts = {
+                table: (await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar()
+                for table in ("payment_events", "outbox", "payment_attempts", "idempotency_keys")
+            }
+        assert counts == {
+            "payment_events": 50 + 30,
+            "outbox": 50 + 30,
+            "payment_attempts": 30,
+            "idempotency_keys": 50,
+        }
 
 
 class TestSqliteMemoryStore(_SqlConformance):

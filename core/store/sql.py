@@ -27,6 +27,8 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import exc
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import StaticPool
@@ -46,6 +48,8 @@ from ..serialization import EventTypes, make_converter
 from ..urls import safe_url
 from . import migrations
 from .base import UNSETTLED_STATES, Change, IdempotencyClaimed, IdempotencyRecord, is_unsettled
+from .group_commit import Coalescer
+from .sql_batch import RedoAll, upsert_attempts, write_batch
 from .sql_schema import (
     idempotency_keys,
     metadata,
@@ -122,8 +126,16 @@ class SqlStore:
     """A :class:`~aegispay.store.base.PaymentStore` on SQLite or PostgreSQL."""
 
     def __init__(
-        self, url: str, event_types: EventTypes | None = None, *, schema: str | None = None
+        self,
+        url: str,
+        event_types: EventTypes | None = None,
+        *,
+        schema: str | None = None,
+        group_commit: bool = True,
+        max_batch: int = 500,
     ) -> None:
+        """``group_commit``: concurrent commits share transactions (see
+        :mod:`aegispay.store.group_commit`); ``max_batch`` caps the changes in one."""
         self._url: URL = make_url(normalise_url(url))
         self._given_url = safe_url(url)  # as the user wrote it, password masked
         self._schema = schema
@@ -154,6 +166,10 @@ class SqlStore:
             _configure_sqlite(self._engine.sync_engine, wal=not memory)
         # Writers on SQLite take the write lock up front (BEGIN IMMEDIATE, see below).
         self._writer = self._engine.execution_options(aegispay_write=True)
+        self._commits: Coalescer[Change, None] | None = None
+        if group_commit:
+            self._commits = Coalescer(self._commit_batch, max_batch=max_batch, keys=_commit_keys)
+        self._loads: Coalescer[str, str | None] = Coalescer(self._load_batch, max_batch=max_batch)
 
     @property
     def url(self) -> str:
@@ -200,6 +216,8 @@ class SqlStore:
 
     async def close(self) -> None:
         self._listeners.clear()
+        if self._commits is not None:
+            await self._commits.wait_idle()
         with self._errors():
             await self._engine.dispose()
 
@@ -213,6 +231,36 @@ class SqlStore:
     # -- writing ------------------------------------------------------------------------------
 
     async def commit(self, change: Change) -> None:
+        if self._commits is not None:
+            # Group commit: acknowledged once the shared transaction holding this change
+            # committed, or with this change's own error.
+            await self._commits.submit(change)
+        else:
+            await self._commit_one(change)
+        # Only after the transaction committed: a listener must never see a rolled-back write.
+        for listener in self._listeners:
+            listener()
+
+    async def _commit_batch(self, changes: Sequence[Change]) -> list[BaseException | None]:
+        """One transaction for many changes (see :mod:`aegispay.store.sql_batch`); the
+        changes it leaves undecided, or all of them if it cannot be trusted, go one by one."""
+        results: list[BaseException | None] = [None] * len(changes)
+        try:
+            with self._errors():
+                async with self._transaction(write=True) as conn:
+                    one_by_one = await write_batch(conn, changes, self, postgres=not self._sqlite)
+        except RedoAll:
+            one_by_one = set(range(len(changes)))
+        except AegisPayError as error:  # e.g. the database is unavailable: nothing written
+            return [error] * len(changes)
+        for i in sorted(one_by_one):
+            try:
+                await self._commit_one(changes[i])
+            except Exception as error:
+                results[i] = error
+        return results
+
+    async def _commit_one(self, change: Change) -> None:
         with self._errors():
             try:
                 async with self._transaction(write=True) as conn:
@@ -229,20 +277,48 @@ class SqlStore:
                 if existing is None:  # claimed and gone again in between: only expiry does that
                     raise StoreError(f"idempotency key {claim.key!r} vanished; retry") from None
                 raise IdempotencyClaimed(existing) from None
-        # Only after the transaction committed: a listener must never see a rolled-back write.
-        for listener in self._listeners:
-            listener()
+
+    def _projection_row(self, change: Change) -> dict[str, Any]:
+        """The ``payments`` row for a new payment (and the values of an update)."""
+        payment = change.payment
+        return {
+            "id": payment.id,
+            "version": payment.version,
+            "state": payment.state.value,
+            "fence": change.fencing_token or 0,
+            "data": _dumps(self._converter.unstructure(payment)),
+        }
+
+    def _attempt_rows(self, change: Change) -> list[dict[str, Any]]:
+        """``payment_attempts`` rows for the attempts this change's events touched."""
+        numbers = {n for e in change.events if (n := getattr(e, "attempt_no", None)) is not None}
+        if not numbers:
+            return []
+        payment = change.payment
+        return [
+            {
+                "payment_id": payment.id,
+                "attempt_no": attempt.number,
+                "gateway": attempt.gateway,
+                "idempotency_key": attempt.idempotency_key,
+                "outcome": attempt.outcome.value if attempt.outcome is not None else None,
+                "gateway_reference": attempt.gateway_reference,
+                "updated_at": payment.updated_at,
+            }
+            for attempt in payment.attempts
+            if attempt.number in numbers
+        ]
 
     async def _write_projection(self, conn: AsyncConnection, change: Change) -> None:
         payment, token = change.payment, change.fencing_token
+        if change.expected_version == 0:
+            await self._insert(conn, payments, [self._projection_row(change)])
+            return
         values: dict[str, Any] = {
             "version": payment.version,
             "state": payment.state.value,
             "data": _dumps(self._converter.unstructure(payment)),
         }
-        if change.expected_version == 0:
-            await self._insert(conn, payments, [{**values, "id": payment.id, "fence": token or 0}])
-            return
         # Version check and fence check in the one statement that writes: no read-then-write gap.
         guard = sa.and_(payments.c.id == payment.id, payments.c.version == change.expected_version)
         if token is not None:
@@ -277,6 +353,10 @@ class SqlStore:
         await self._insert(conn, payment_events, history)
         # Inserted in event order inside this transaction, so seq order is commit order.
         await self._insert(conn, outbox, messages)
+        attempts = self._attempt_rows(change)
+        if attempts:
+            insert = sqlite_insert if self._sqlite else postgresql_insert
+            await conn.execute(upsert_attempts(insert), attempts)
 
     def _event_rows(
         self, events: Sequence[Event]
@@ -314,9 +394,17 @@ class SqlStore:
     # -- reading ------------------------------------------------------------------------------
 
     async def load(self, payment_id: str) -> Payment | None:
-        query = sa.select(payments.c.data).where(payments.c.id == payment_id)
-        data = await self._scalar(query)
+        # Concurrent loads share one query (and one pooled connection): under load, a query
+        # per payment would queue for connections and dominate the path.
+        data = await self._loads.submit(payment_id)
         return None if data is None else self._converter.structure(json.loads(data), Payment)
+
+    async def _load_batch(self, payment_ids: Sequence[str]) -> list[str | None]:
+        query = sa.select(payments.c.id, payments.c.data).where(
+            payments.c.id.in_(sorted(set(payment_ids)))
+        )
+        found = {row.id: row.data for row in await self._rows(query)}
+        return [found.get(payment_id) for payment_id in payment_ids]
 
     async def events(self, payment_id: str) -> list[Event]:
         query = (
@@ -469,6 +557,14 @@ class SqlStore:
         text = f"{type(error).__name__}: {error}"
         password = self._url.password
         return text.replace(str(password), "***") if password else text
+
+
+def _commit_keys(change: Change) -> tuple[Any, ...]:
+    """What two changes in one batch must not share: the payment, the idempotency key."""
+    claim = change.idempotency
+    if claim is None:
+        return (change.payment.id,)
+    return (change.payment.id, ("idempotency", claim.scope, claim.key))
 
 
 def _migration_context(connection: sa.Connection, schema: str | None) -> MigrationContext:
