@@ -135,9 +135,13 @@ class SqlStore:
         schema: str | None = None,
         group_commit: bool = True,
         max_batch: int = 500,
+        migrate: bool = False,
     ) -> None:
         """``group_commit``: concurrent commits share transactions (see
-        :mod:`aegispay.store.group_commit`); ``max_batch`` caps the changes in one."""
+        :mod:`aegispay.store.group_commit`); ``max_batch`` caps the changes in one.
+        ``migrate``: create or upgrade the schema on first use instead of refusing an
+        unmigrated database (the embedded default store; servers use ``aegispay db upgrade``)."""
+        self._migrate = migrate
         self._url: URL = make_url(normalise_url(url))
         self._given_url = safe_url(url)  # as the user wrote it, password masked
         self._schema = schema
@@ -557,7 +561,7 @@ class SqlStore:
         if check and not self._schema_checked:
             async with self._schema_check:  # once, not once per concurrent first caller
                 if not self._schema_checked:
-                    await self.check_schema()
+                    await (self.upgrade_schema() if self._migrate else self.check_schema())
         serial: AbstractAsyncContextManager[Any] = self._lock or nullcontext()
         writers: AbstractAsyncContextManager[Any] = (
             self._write_lock if write and self._write_lock is not None else nullcontext()
