@@ -463,7 +463,6 @@ def test_env_allow_deny_through_settings_and_build_service(
     variable: str,
     value: str,
     expected: list[str],
-    store=MemoryStore(),
 ) -> None:
     clean_env.setenv(variable, value)
     settings = load_settings()
@@ -474,7 +473,7 @@ def test_env_allow_deny_through_settings_and_build_service(
 
 
 def test_env_deny_from_real_environment_reaches_build_service(
-    clean_env: pytest.MonkeyPatch, store=MemoryStore()
+    clean_env: pytest.MonkeyPatch,
 ) -> None:
     clean_env.setenv("AEGISPAY_PLUGINS__DENY", "fraud_rules")
     settings = load_settings()
