@@ -62,7 +62,10 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
     help="Comma-separated simulated gateways to use (default: all configured).",
 )
 @click.option(
-    "--store", "store_url", default=None, help="Store URL (default: from settings; memory://)."
+    "--store",
+    "store_url",
+    default=None,
+    help="Store URL (default: from settings; sqlite:///aegispay.db).",
 )
 @click.option(
     "--lock",

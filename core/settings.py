@@ -2,7 +2,7 @@
 
 File (``aegispay.toml`` in the working directory, or ``--config PATH``)::
 
-    store = "memory://"
+    store = "sqlite:///aegispay.db"      # the default; "memory://" keeps nothing
 
     [engine]
     gateway_timeout_s = 10.0
@@ -97,9 +97,14 @@ class PluginConfig:
         return f"PluginConfig(sections={self.names()})"
 
 
+# The embedded default: a SQLite file (WAL) in the working directory, created and migrated on
+# first use. Durable out of the box; ``memory://`` is the opt-in for throwaway runs.
+DEFAULT_STORE = "sqlite:///aegispay.db"
+
+
 @attrs.frozen
 class Settings:
-    store: str = "memory://"
+    store: str = DEFAULT_STORE
     lock: str | None = None
     engine: EngineSettings = EngineSettings()
     plugins: PluginSelection = PluginSelection()

@@ -10,11 +10,12 @@ settled, and replayed histories that differ from the stored projections.
 from __future__ import annotations
 
 import gc
+import os
 import random
 import resource
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import anyio
@@ -44,6 +45,10 @@ class SimulationOptions:
     refund_share: float = 0.10
     retry_share: float = 0.02  # clients re-sending the same request with the same key
     approve_share: float = 0.8  # reviewed payments a person approves (the rest are voided)
+    # Tags this run's idempotency keys and references: a durable store keeps earlier runs'
+    # keys, and a rerun must create new payments, not replay old ones. Not part of the seed:
+    # it changes no draw, so seeded runs stay reproducible.
+    run_id: str = attrs.field(factory=lambda: os.urandom(4).hex())
 
 
 @attrs.frozen
@@ -83,10 +88,10 @@ def generate(options: SimulationOptions) -> Iterator[PaymentSpec]:
                 amount,
                 customer_id=customer,
                 payment_method="pm_card_visa",
-                reference=f"sim-{options.seed}-{i}",
+                reference=f"sim-{options.seed}-{i}",  # gateways draw by it: no run id
                 metadata={"order": str(i)},
             ),
-            key=f"sim-{options.seed}-{i}",
+            key=f"sim-{options.seed}-{options.run_id}-{i}",
             refund=refund,
             resend=random_() < options.retry_share,
             approve=random_() < options.approve_share,
@@ -105,11 +110,13 @@ class _Tally:
     resend_mismatches: int = 0
     errors: Counter[str] = attrs.field(factory=Counter)
     done: int = 0
+    payment_ids: list[str] = attrs.field(factory=list)  # this run's, for the audit
 
 
 async def _one(service: PaymentService, spec: PaymentSpec, tally: _Tally, ledger: Any) -> None:
     started = time.perf_counter()
     payment = await service.pay(spec.request, idempotency_key=spec.key)
+    tally.payment_ids.append(payment.id)
     if spec.resend:
         again = await service.pay(spec.request, idempotency_key=spec.key)
         tally.resends += 1
@@ -171,7 +178,7 @@ async def run_simulation(
                 group.start_soon(worker)
         elapsed = time.perf_counter() - started
     rss_end = _rss_mb()
-    audit = await audit_store(service, ledger)
+    audit = await audit_store(service, ledger, tally.payment_ids)
     payments = tally.done
     return {
         "payments": payments,
@@ -196,21 +203,34 @@ async def run_simulation(
     }
 
 
-async def audit_store(service: PaymentService, ledger: Any) -> dict[str, Any]:
-    """Check every stored payment against its own history and the gateways' ledger."""
+async def audit_store(
+    service: PaymentService, ledger: Any, payment_ids: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """Check stored payments (``payment_ids``, default all) against their own history and the
+    gateways' ledger. Payments are checked concurrently: a SQL store batches their reads."""
     states: Counter[str] = Counter()
     mismatches = 0
     known: dict[str, Payment] = {}
     unsettled = 0
-    for payment_id in await service.store.payment_ids():
-        stored = await service.store.load(payment_id)
-        assert stored is not None
-        known[payment_id] = stored
-        states[stored.state.value] += 1
-        if replay(await service.store.events(payment_id)) != stored:
-            mismatches += 1
-        if any(a.outcome in (None, Outcome.UNKNOWN) for a in stored.attempts):
-            unsettled += 1
+    ids = iter(
+        sorted(set(payment_ids)) if payment_ids is not None else await service.store.payment_ids()
+    )
+
+    async def check() -> None:
+        nonlocal mismatches, unsettled
+        for payment_id in ids:  # a shared iterator: each id is checked once
+            stored = await service.store.load(payment_id)
+            assert stored is not None
+            known[payment_id] = stored
+            states[stored.state.value] += 1
+            if replay(await service.store.events(payment_id)) != stored:
+                mismatches += 1
+            if any(a.outcome in (None, Outcome.UNKNOWN) for a in stored.attempts):
+                unsettled += 1
+
+    async with anyio.create_task_group() as group:
+        for _ in range(100):
+            group.start_soon(check)
     report: dict[str, Any] = {
         "states": states,
         "replay_mismatches": mismatches,

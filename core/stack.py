@@ -19,22 +19,24 @@ from .locks.base import LockManager
 from .locks.memory import MemoryLockManager
 from .pluginmanager import PluginHost, make_plugin_host
 from .service import PaymentService, new_payment_id, utc_now
-from .settings import Settings
+from .settings import DEFAULT_STORE, Settings
 from .store.base import PaymentStore
 from .store.memory import MemoryStore
 from .urls import safe_url
 
 
-def open_store(url: str) -> PaymentStore:
+def open_store(url: str, *, migrate: bool = False) -> PaymentStore:
     """A store for ``url``: ``memory://`` (one process, nothing kept), ``sqlite:///path.db`` or
-    ``postgresql://user@host/db`` (SQLAlchemy; create the tables with ``aegispay db upgrade``)."""
+    ``postgresql://user@host/db`` (SQLAlchemy; create the tables with ``aegispay db upgrade``,
+    or pass ``migrate=True`` to have the store do it on first use - what the embedded default
+    store does)."""
     scheme = urlsplit(url).scheme
     if scheme == "memory":
         return MemoryStore()
     if scheme.split("+")[0] in ("sqlite", "postgresql", "postgres"):
         from .store.sql import SqlStore
 
-        return SqlStore(url)
+        return SqlStore(url, migrate=migrate)
     raise ConfigError(
         f"store: unsupported URL scheme {scheme!r} in {safe_url(url)!r} "
         "(supported: memory://, sqlite:///path.db, postgresql://user@host/db)"
@@ -74,7 +76,9 @@ def build_service(
     :param settings: from :func:`aegispay.load_settings`; defaults apply when None.
     :param plugins: in-house plugin objects (or ``{name: plugin}``) registered directly, after
         the built-ins and installed entry points.
-    :param store: a store object; default: opened from ``settings.store``.
+    :param store: a store object; default: opened from ``settings.store`` (when that is the
+        embedded default, a SQLite file in the working directory, it is created and migrated
+        on first use; any other database is migrated with ``aegispay db upgrade``).
     :param locks: a lock manager; default: from ``settings.lock`` (in-process when unset).
     :param host: a prepared plugin host (then ``plugins``/``builtins``/``entry_points`` are
         not used).
@@ -93,7 +97,9 @@ def build_service(
             deny=settings.plugins.deny,
         )
     return PaymentService(
-        store=store if store is not None else open_store(settings.store),
+        store=store
+        if store is not None
+        else open_store(settings.store, migrate=settings.store == DEFAULT_STORE),
         locks=locks if locks is not None else open_locks(settings.lock),
         host=host,
         engine=settings.engine,

@@ -32,7 +32,8 @@ from .gateways import (
     VoidRequest,
 )
 from .hookspecs import hookimpl
-from .settings import PluginConfig, Settings
+from .settings import DEFAULT_STORE, PluginConfig, Settings
+from .store.memory import MemoryStore
 
 
 @attrs.frozen
@@ -197,11 +198,14 @@ def make_test_service(
     settings: Settings | None = None,
     **kwargs: Any,
 ) -> Any:
-    """An in-memory service for tests: no entry points; ``gateways`` registered directly
-    (default: one ScriptedGateway), built-ins as listed (``True`` for all)."""
+    """A service for tests: on the in-memory store (unless ``store=`` or a configured store is
+    given), no entry points; ``gateways`` registered directly (default: one ScriptedGateway),
+    built-ins as listed (``True`` for all)."""
     from .pluginmanager import make_plugin_host
     from .stack import build_service
 
+    if "store" not in kwargs and (settings is None or settings.store == DEFAULT_STORE):
+        kwargs["store"] = MemoryStore()  # not the embedded SQLite default: tests keep nothing
     settings = settings or Settings()
     extra: list[Any] = list(plugins)
     extra.append(GatewaysPlugin([ScriptedGateway()] if gateways is None else gateways))

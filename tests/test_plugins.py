@@ -41,6 +41,7 @@ from aegispay.events import Event
 from aegispay.observe import GatewayCall, OperationRecord
 from aegispay.pluginmanager import PluginHost, PluginInfo
 from aegispay.settings import PluginConfig
+from aegispay.store.memory import MemoryStore
 from aegispay.testing import GatewaysPlugin, ScriptedGateway
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -237,7 +238,7 @@ async def test_installed_plugin_denies_blocked_payments(
         plugins={"acme_gateways": GatewaysPlugin([gateway])},
     )
     assert names(host) == ["validation", "priority_routing", "example_fraud", "acme_gateways"]
-    service = build_service(host=host)
+    service = build_service(host=host, store=MemoryStore())
     async with service:
         blocked = await service.pay(usd(metadata={"block": "yes"}))
         assert gateway.calls == []
@@ -376,7 +377,7 @@ async def test_service_runs_despite_broken_plugin(
     )
     on_sys_path(tmp_path)
     gateway = ScriptedGateway()
-    service = build_service(plugins=[GatewaysPlugin([gateway])])
+    service = build_service(plugins=[GatewaysPlugin([gateway])], store=MemoryStore())
     assert [f.name for f in service.host.failures] == ["acme_broken"]
     async with service:
         payment = await service.pay(usd())
@@ -468,11 +469,14 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyP
     ],
 )
 def test_env_allow_deny_through_settings_and_build_service(
-    clean_env: pytest.MonkeyPatch, variable: str, value: str, expected: list[str]
+    clean_env: pytest.MonkeyPatch,
+    variable: str,
+    value: str,
+    expected: list[str],
 ) -> None:
     clean_env.setenv(variable, value)
     settings = load_settings()
-    service = build_service(settings, entry_points=False)
+    service = build_service(settings, entry_points=False, store=MemoryStore())
     assert names(service.host) == expected
     if "fraud_rules" not in expected:
         assert impl_owners(service.host, "aegispay_check_fraud") == []
@@ -484,10 +488,10 @@ def test_env_deny_from_real_environment_reaches_build_service(
     clean_env.setenv("AEGISPAY_PLUGINS__DENY", "fraud_rules")
     settings = load_settings()
     assert settings.plugins.deny == ("fraud_rules",)
-    assert "fraud_rules" not in names(build_service(settings).host)
+    assert "fraud_rules" not in names(build_service(settings, store=MemoryStore()).host)
     # And without the variable, it is back.
     clean_env.delenv("AEGISPAY_PLUGINS__DENY")
-    assert "fraud_rules" in names(build_service(load_settings()).host)
+    assert "fraud_rules" in names(build_service(load_settings(), store=MemoryStore()).host)
 
 
 # --- built-ins, ordering and direct registration ----------------------------------------------
@@ -539,7 +543,9 @@ class AsyncFixedRouter(FixedRouter):
 async def test_builtin_priority_router_alone_picks_first_registered() -> None:
     """The control for the next test: without a third-party router, gateway "a" is used."""
     a, b = ScriptedGateway("a"), ScriptedGateway("b")
-    service = build_service(plugins={"gateways": GatewaysPlugin([a, b])}, entry_points=False)
+    service = build_service(
+        plugins={"gateways": GatewaysPlugin([a, b])}, entry_points=False, store=MemoryStore()
+    )
     async with service:
         payment = await service.pay(usd())
     assert payment.gateway == "a"
@@ -554,7 +560,9 @@ async def test_third_party_router_wins_over_priority_routing(
     a, b = ScriptedGateway("a"), ScriptedGateway("b")
     router = router_class("b")
     service = build_service(
-        plugins={"gateways": GatewaysPlugin([a, b]), "acme_router": router}, entry_points=False
+        plugins={"gateways": GatewaysPlugin([a, b]), "acme_router": router},
+        entry_points=False,
+        store=MemoryStore(),
     )
     assert "priority_routing" in names(service.host)
     async with service:
@@ -612,6 +620,7 @@ async def test_direct_object_plugin_hooks_are_called() -> None:
         plugins={"recorder": recorder, "gateways": GatewaysPlugin([gateway])},
         builtins=False,
         entry_points=False,
+        store=MemoryStore(),
     )
     info = {i.name: i for i in service.host.infos()}["recorder"]
     assert info.hooks == (
@@ -758,7 +767,7 @@ async def test_unmarked_hook_function_in_plugin_module_is_registered(
     assert info == PluginInfo(
         "acme_unmarked", "acme-unmarked", "0.3", ("aegispay_check_fraud",), None
     )
-    async with build_service(host=host) as service:
+    async with build_service(host=host, store=MemoryStore()) as service:
         denied = await service.pay(usd("100.01"))
         allowed = await service.pay(usd("100.00"))
     assert denied.state is PaymentState.FAILED and denied.failure_code == "fraud_denied"

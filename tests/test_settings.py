@@ -58,7 +58,7 @@ def config_error(data: dict[str, Any]) -> str:
 def test_defaults_without_file_or_env(workdir: Path) -> None:
     settings = load_settings(env={})
     assert settings == Settings()
-    assert settings.store == "memory://"
+    assert settings.store == "sqlite:///aegispay.db"  # the embedded default
     assert settings.lock is None
     assert settings.engine == EngineSettings(
         gateway_timeout_s=10.0, lock_timeout_s=30.0, status_lookups=3, idempotency_ttl_s=86_400

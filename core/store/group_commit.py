@@ -26,6 +26,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
+from ..errors import StoreError
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -59,7 +61,14 @@ class Coalescer(Generic[T, R]):
 
     async def submit(self, item: T) -> R:
         """Queue ``item``; return its result, or raise its error, once its batch has run."""
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on asyncio (trio): say so, rather than fail obscurely
+            raise StoreError(
+                "the SQL store runs on asyncio only (anyio's asyncio backend); "
+                'on trio, use the in-memory store (store = "memory://")'
+            ) from None
+        future: asyncio.Future[R] = loop.create_future()
         self._queue.append((item, future))
         if self._drainer is None:
             self._drainer = asyncio.create_task(self._drain(), name="aegispay group commit")
@@ -83,7 +92,8 @@ class Coalescer(Generic[T, R]):
                 self._drainer = asyncio.create_task(self._drain(), name="aegispay group commit")
 
     def _take(self) -> list[tuple[T, asyncio.Future[R]]]:
-        queue, batch = self._queue, []
+        queue = self._queue
+        batch: list[tuple[T, asyncio.Future[R]]] = []
         if self._keys is None:
             while queue and len(batch) < self._max_batch:
                 batch.append(queue.popleft())

@@ -19,11 +19,11 @@ the events fails and the whole batch is redone change by change.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy import exc
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..events import Event
@@ -38,7 +38,9 @@ class RedoAll(Exception):
 class Rows(Protocol):
     """The store's row builders (shared with the per-change path)."""
 
-    def _claim_row(self, record: IdempotencyRecord) -> dict[str, Any]: ...
+    def _claim_row(
+        self, record: IdempotencyRecord, response_json: str | None = None
+    ) -> dict[str, Any]: ...
 
     def _projection_row(self, change: Change) -> dict[str, Any]: ...
 
@@ -49,16 +51,15 @@ class Rows(Protocol):
     def _attempt_rows(self, change: Change) -> list[dict[str, Any]]: ...
 
 
-_UPDATE = (
-    payments.update()
-    .where(payments.c.id == sa.bindparam("b_id"))
-    .where(payments.c.version == sa.bindparam("b_expected"))
-    .values(
-        version=sa.bindparam("b_version"),
-        state=sa.bindparam("b_state"),
-        data=sa.bindparam("b_data"),
-        fence=sa.bindparam("b_fence"),
-    )
+# The version guard stays even though the rows were checked (and are locked): belt and braces.
+_UPDATE_SQLITE = (
+    "UPDATE payments SET version = ?, state = ?, data = ?, fence = ? WHERE id = ? AND version = ?"
+)
+_UPDATE_POSTGRES = (
+    "UPDATE payments AS p SET version = v.version, state = v.state, data = v.data,"
+    " fence = v.fence FROM unnest($1::int4[], $2::text[], $3::text[], $4::int8[], $5::text[],"
+    " $6::int4[]) AS v(version, state, data, fence, id, expected)"
+    " WHERE p.id = v.id AND p.version = v.expected"
 )
 
 
@@ -70,23 +71,25 @@ async def write_batch(
     Raises :class:`RedoAll` (after which the caller rolls back) when the batch cannot be
     trusted as a whole.
     """
-    insert: Callable[[sa.Table], Any] = postgresql.insert if postgres else sqlite.insert
     deferred: set[int] = set()
     update_rows: list[tuple[int, int]] = []  # (change index, its new fence)
+    encoded: dict[int, dict[str, Any]] = {}  # projection rows already built
 
     # 1. Updates: read the current versions and fences (locked) and decide, before any
     # write, so a change that fails here leaves nothing behind (not even its claim).
     updates = [i for i, c in enumerate(changes) if c.expected_version > 0]
     if updates:
         ids = sorted({changes[i].payment.id for i in updates})  # a fixed lock order
-        query = (
-            sa.select(payments.c.id, payments.c.version, payments.c.fence)
-            .where(payments.c.id.in_(ids))
-            .order_by(payments.c.id)
-        )
-        if postgres:
-            query = query.with_for_update()
-        current = {row.id: (row.version, row.fence) for row in await conn.execute(query)}
+        if postgres:  # one array parameter: one prepared statement whatever the count
+            found = await conn.exec_driver_sql(
+                "SELECT id, version, fence FROM payments WHERE id = ANY($1::text[])"
+                " ORDER BY id FOR UPDATE",
+                (ids,),
+            )
+        else:
+            query = sa.select(payments.c.id, payments.c.version, payments.c.fence)
+            found = await conn.execute(query.where(payments.c.id.in_(ids)))
+        current = {row.id: (row.version, row.fence) for row in found}
         for i in updates:
             change = changes[i]
             version, fence = current.get(change.payment.id, (0, 0))
@@ -96,39 +99,39 @@ async def write_batch(
                 continue
             update_rows.append((i, fence if token is None else max(fence, token)))
 
-    # 2. Idempotency claims: a taken (or expired) key goes to the per-change path.
+    # 2. Idempotency claims: a key that exists (taken, or expired and to be replaced) goes to
+    # the per-change path. The check is sound on SQLite (this transaction holds the write
+    # lock); on PostgreSQL another process may insert the key meanwhile, and then the insert
+    # below fails on the unique key and the batch is redone change by change.
     claims = [
         (i, c.idempotency)
         for i, c in enumerate(changes)
         if c.idempotency is not None and i not in deferred
     ]
     if claims:
-        keys = idempotency_keys.c
-        statement = (
-            insert(idempotency_keys)
-            .on_conflict_do_nothing(index_elements=[keys.scope, keys.key])
-            .returning(keys.scope, keys.key)
-        )
-        claim_rows = [rows._claim_row(record) for _, record in claims if record is not None]
-        won = {(row.scope, row.key) for row in await conn.execute(statement, claim_rows)}
+        wanted = sorted({(record.scope, record.key) for _, record in claims if record})
+        taken = {(row.scope, row.key) for row in await select_keys(conn, wanted, postgres)}
+        claim_rows = []
         for i, record in claims:
             assert record is not None
-            if (record.scope, record.key) not in won:
+            if (record.scope, record.key) in taken:
                 deferred.add(i)
+                continue
+            change = changes[i]
+            if record.response is change.payment and change.expected_version == 0:
+                projection = rows._projection_row(change)  # encoded once, used twice
+                encoded[i] = projection
+                claim_rows.append(rows._claim_row(record, projection["data"]))
+            else:
+                claim_rows.append(rows._claim_row(record))
+        await insert_many(conn, idempotency_keys, claim_rows, postgres=postgres)
 
-    # 3. New payments. A taken id is next to impossible (random ids); its claim, inserted
-    # above, would have to be undone, so the whole batch is redone instead.
+    # 3. New payments. A taken id is next to impossible (random ids): the insert fails and
+    # the batch is redone change by change.
     new = [i for i, c in enumerate(changes) if c.expected_version == 0 and i not in deferred]
     if new:
-        statement = (
-            insert(payments)
-            .on_conflict_do_nothing(index_elements=[payments.c.id])
-            .returning(payments.c.id)
-        )
-        projections = [rows._projection_row(changes[i]) for i in new]
-        created = {row.id for row in await conn.execute(statement, projections)}
-        if len(created) != len(new):
-            raise RedoAll
+        projections = [encoded.get(i) or rows._projection_row(changes[i]) for i in new]
+        await insert_many(conn, payments, projections, postgres=postgres)
 
     # 4. The updates decided in 1 whose claims (if any) were won in 2.
     update_values = []
@@ -138,33 +141,122 @@ async def write_batch(
         change = changes[i]
         row = rows._projection_row(change)
         update_values.append(
-            {
-                "b_id": change.payment.id,
-                "b_expected": change.expected_version,
-                "b_version": row["version"],
-                "b_state": row["state"],
-                "b_data": row["data"],
-                "b_fence": fence,
-            }
+            (row["version"], row["state"], row["data"], fence, row["id"], change.expected_version)
         )
-    if update_values:
-        await conn.execute(_UPDATE, update_values)
+    if update_values and postgres:
+        columns = tuple(list(column) for column in zip(*update_values, strict=True))
+        await conn.exec_driver_sql(_UPDATE_POSTGRES, columns)
+    elif update_values:
+        await conn.exec_driver_sql(_UPDATE_SQLITE, update_values)
 
     # 5. The history and the outbox of every change written above, and its attempts.
     written = [c for i, c in enumerate(changes) if i not in deferred]
     events = [event for change in written for event in change.events]
     if events:
         history, messages = rows._event_rows(events)
-        try:
-            await conn.execute(payment_events.insert(), history)
-        except exc.IntegrityError:
-            raise RedoAll from None
+        await insert_many(conn, payment_events, history, postgres=postgres)
         # Inserted in commit order within the batch: seq order is commit order.
-        await conn.execute(outbox.insert(), messages)
+        await insert_many(conn, outbox, messages, postgres=postgres)
     attempts = [row for change in written for row in rows._attempt_rows(change)]
     if attempts:
-        await conn.execute(upsert_attempts(insert), attempts)
+        await insert_many(conn, payment_attempts, attempts, postgres=postgres, upsert=_ATTEMPT)
     return deferred
+
+
+# On a payment_attempts conflict: the attempt's latest view wins.
+_ATTEMPT = (
+    ("payment_id", "attempt_no"),
+    ("outcome", "gateway_reference", "updated_at"),
+)
+
+
+async def insert_many(
+    conn: AsyncConnection,
+    table: sa.Table,
+    rows: Sequence[dict[str, Any]],
+    *,
+    postgres: bool,
+    upsert: tuple[tuple[str, ...], tuple[str, ...]] | None = None,
+) -> None:
+    """One driver-level ``executemany`` of a plain INSERT (or upsert).
+
+    SQLAlchemy's compiled multi-row inserts cost tens of microseconds per row in Python; the
+    driver's executemany costs a few. The price is doing SQLAlchemy's one job here by hand:
+    binding values as the column types would (UTC datetimes; SQLite's text dates and 0/1
+    booleans). A unique-key violation raises :class:`RedoAll`.
+    """
+    if not rows:
+        return
+    columns = list(rows[0])
+    names = ", ".join(f'"{name}"' for name in columns)
+    if postgres:
+        # One statement whatever the row count: a column of values per array parameter.
+        arrays = ", ".join(f"${n}::{_pg_array(table, name)}" for n, name in enumerate(columns, 1))
+        sql = f"INSERT INTO {table.name} ({names}) SELECT * FROM unnest({arrays})"
+    else:
+        marks = ", ".join("?" for _ in columns)
+        sql = f"INSERT INTO {table.name} ({names}) VALUES ({marks})"
+    if upsert is not None:
+        keys, updated = upsert
+        assignments = ", ".join(f'"{c}" = excluded."{c}"' for c in updated)
+        sql += f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {assignments}"
+    try:
+        if postgres:
+            params = tuple([_bind_postgres(row[name]) for row in rows] for name in columns)
+            await conn.exec_driver_sql(sql, params)
+        else:
+            values = [tuple(_bind_sqlite(row[name]) for name in columns) for row in rows]
+            await conn.exec_driver_sql(sql, values)
+    except exc.IntegrityError:
+        raise RedoAll from None
+
+
+async def select_keys(
+    conn: AsyncConnection, wanted: Sequence[tuple[str, str]], postgres: bool, *, full: bool = False
+) -> Any:
+    """The ``idempotency_keys`` rows (``full``) or their (scope, key) among ``wanted``."""
+    if postgres:
+        listed = "k.*" if full else "k.scope, k.key"
+        return await conn.exec_driver_sql(
+            f"SELECT {listed} FROM idempotency_keys AS k"
+            " JOIN unnest($1::text[], $2::text[]) AS w(scope, key)"
+            " ON k.scope = w.scope AND k.key = w.key",
+            ([scope for scope, _ in wanted], [key for _, key in wanted]),
+        )
+    table = idempotency_keys
+    query = sa.select(table) if full else sa.select(table.c.scope, table.c.key)
+    return await conn.execute(query.where(sa.tuple_(table.c.scope, table.c.key).in_(wanted)))
+
+
+def _pg_array(table: sa.Table, column: str) -> str:
+    """The PostgreSQL array type for ``unnest`` of one column's values."""
+    kind = table.c[column].type
+    if isinstance(kind, sa.TypeDecorator):
+        kind = kind.impl_instance
+    if isinstance(kind, sa.DateTime):
+        return "timestamptz[]"
+    if isinstance(kind, sa.Boolean):
+        return "bool[]"
+    if isinstance(kind, sa.BigInteger):
+        return "int8[]"
+    if isinstance(kind, sa.Integer):
+        return "int4[]"
+    return "text[]"
+
+
+def _bind_postgres(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC)
+    return value
+
+
+def _bind_sqlite(value: Any) -> Any:
+    # As SQLAlchemy's SQLite DATETIME stores them (``_UtcDateTime`` converts to UTC first).
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    if isinstance(value, bool):
+        return int(value)
+    return value
 
 
 def upsert_attempts(insert: Callable[[sa.Table], Any]) -> Any:
