@@ -50,7 +50,6 @@ from ..urls import safe_url
 from . import migrations
 from .base import (
     IN_FLIGHT,
-    RECOVERY_POINTS,
     UNSETTLED_STATES,
     Change,
     IdempotencyClaimed,
@@ -60,7 +59,7 @@ from .base import (
     is_unsettled,
 )
 from .group_commit import Coalescer
-from .sql_batch import RedoAll, select_keys, upsert_attempts, write_batch
+from .sql_batch import RedoAll, advance_keys, select_keys, upsert_attempts, write_batch
 from .sql_schema import (
     idempotency_keys,
     metadata,
@@ -149,25 +148,6 @@ class _Advance:
 
     def batch_keys(self) -> tuple[tuple[str, str]]:
         return ((self.scope, self.key),)
-
-    def update(self) -> sa.Update:
-        table = idempotency_keys
-        earlier = RECOVERY_POINTS[: RECOVERY_POINTS.index(self.recovery_point) + 1]
-        return (
-            table.update()
-            .where(
-                table.c.scope == self.scope,
-                table.c.key == self.key,
-                table.c.payment_id == self.payment_id,
-                table.c.state == IN_FLIGHT,
-                table.c.recovery_point.in_(earlier),
-            )
-            .values(
-                recovery_point=self.recovery_point,
-                state=self.state,
-                locked_at=self.at if self.state == IN_FLIGHT else None,
-            )
-        )
 
 
 class SqlStore:
@@ -748,7 +728,7 @@ class SqlStore:
         try:
             with self._errors():
                 async with self._transaction(write=True) as conn:
-                    return [(await conn.execute(step.update())).rowcount == 1 for step in steps]
+                    return list(await advance_keys(conn, steps, postgres=not self._sqlite))
         except AegisPayError as error:  # e.g. the database is unavailable: nothing written
             return [error] * len(steps)
 

@@ -27,7 +27,7 @@ from sqlalchemy import exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..events import Event
-from .base import Change, IdempotencyRecord
+from .base import IN_FLIGHT, RECOVERY_POINTS, Change, IdempotencyRecord, RecoveryPoint
 from .sql_schema import idempotency_keys, outbox, payment_attempts, payment_events, payments
 
 
@@ -226,6 +226,67 @@ async def select_keys(
     table = idempotency_keys
     query = sa.select(table) if full else sa.select(table.c.scope, table.c.key)
     return await conn.execute(query.where(sa.tuple_(table.c.scope, table.c.key).in_(wanted)))
+
+
+class Advance(Protocol):
+    """One idempotency record's move forward (``SqlStore.idempotency_advance``)."""
+
+    @property
+    def scope(self) -> str: ...
+    @property
+    def key(self) -> str: ...
+    @property
+    def payment_id(self) -> str: ...
+    @property
+    def recovery_point(self) -> RecoveryPoint: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def at(self) -> datetime: ...
+
+
+async def advance_keys(
+    conn: AsyncConnection, steps: Sequence[Advance], *, postgres: bool
+) -> list[bool]:
+    """Move idempotency records forward, each guarded (in flight, this payment, at the new
+    point or before it); True for those that moved. Driver-level statements: compiling one
+    SQLAlchemy UPDATE per step cost more than the rest of a payment's writes."""
+    rows = []
+    for step in steps:
+        earlier = RECOVERY_POINTS[: RECOVERY_POINTS.index(step.recovery_point) + 1]
+        earlier = (earlier * len(RECOVERY_POINTS))[: len(RECOVERY_POINTS)]  # fixed arity
+        locked_at = step.at if step.state == IN_FLIGHT else None
+        rows.append((step.recovery_point, step.state, locked_at, step.scope, step.key,
+                     step.payment_id, *earlier))  # fmt: skip
+    points = len(RECOVERY_POINTS)
+    if postgres:
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        columns[2] = [_bind_postgres(value) for value in columns[2]]
+        earlier_columns = ", ".join(f"${n}::text[]" for n in range(7, 7 + points))
+        earlier_names = ", ".join(f"e{n}" for n in range(points))
+        moved = await conn.exec_driver_sql(
+            "UPDATE idempotency_keys AS k SET recovery_point = v.point, state = v.state,"
+            " locked_at = v.locked_at FROM unnest($1::text[], $2::text[], $3::timestamptz[],"
+            f" $4::text[], $5::text[], $6::text[], {earlier_columns})"
+            f" AS v(point, state, locked_at, scope, key, payment_id, {earlier_names})"
+            " WHERE k.scope = v.scope AND k.key = v.key AND k.payment_id = v.payment_id"
+            f" AND k.state = '{IN_FLIGHT}' AND k.recovery_point IN ({earlier_names})"
+            " RETURNING k.scope, k.key",
+            tuple(columns),
+        )
+        done = {(row.scope, row.key) for row in moved}
+        return [(step.scope, step.key) in done for step in steps]
+    marks = ", ".join("?" for _ in range(points))
+    sql = (
+        "UPDATE idempotency_keys SET recovery_point = ?, state = ?, locked_at = ?"
+        f" WHERE scope = ? AND key = ? AND payment_id = ? AND state = '{IN_FLIGHT}'"
+        f" AND recovery_point IN ({marks})"
+    )
+    results = []
+    for row in rows:
+        result = await conn.exec_driver_sql(sql, tuple(_bind_sqlite(v) for v in row))
+        results.append(result.rowcount == 1)
+    return results
 
 
 def _pg_array(table: sa.Table, column: str) -> str:
