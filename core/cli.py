@@ -306,8 +306,29 @@ def plugins(ctx: click.Context, as_json: bool, list_hooks: bool) -> None:
     show_default=True,
     help="Payments in the memory-profile run (0 skips it).",
 )
-def bench(payments: int, latency_payments: int, memory_payments: int) -> None:
+@click.option(
+    "--store",
+    "store_url",
+    default=None,
+    help="Benchmark this SQL store (sqlite:///file.db, postgresql://...) instead: the full "
+    "path beside a raw-driver baseline of the same writes (--payments, default 10,000 here).",
+)
+@click.pass_context
+def bench(
+    ctx: click.Context,
+    payments: int,
+    latency_payments: int,
+    memory_payments: int,
+    store_url: str | None,
+) -> None:
     """Print throughput, latency, overhead and memory figures beside a same-run baseline."""
+    if store_url is not None:
+        from .benchmark_store import store_benchmark
+
+        source = ctx.get_parameter_source("payments")
+        count = payments if source is not click.core.ParameterSource.DEFAULT else 10_000
+        click.echo(json.dumps(store_benchmark(store_url, count), indent=2))
+        return
     from .benchmark import run_benchmarks
 
     click.echo(json.dumps(run_benchmarks(payments, latency_payments, memory_payments), indent=2))
