@@ -59,6 +59,7 @@ from .base import (
     is_unsettled,
 )
 from .group_commit import Coalescer
+from .recent import RecentlyWritten
 from .sql_batch import RedoAll, advance_keys, select_keys, upsert_attempts, write_batch
 from .sql_schema import (
     idempotency_keys,
@@ -201,7 +202,12 @@ class SqlStore:
         self._commits: Coalescer[Change, None] | None = None
         if group_commit:
             self._commits = Coalescer(self._commit_batch, max_batch=max_batch, keys=_commit_keys)
-        self._loads: Coalescer[str, str | None] = Coalescer(self._load_batch, max_batch=max_batch)
+        self._loads: Coalescer[str, tuple[int, str] | None] = Coalescer(
+            self._load_batch, max_batch=max_batch
+        )
+        # Read-backs of this process's own writes skip decoding (see store/recent.py).
+        self._recent_payments: RecentlyWritten[str, Payment] = RecentlyWritten()
+        self._recent_events: RecentlyWritten[str, Event] = RecentlyWritten()
         self._finds: Coalescer[tuple[str, str], Any] = Coalescer(
             self._find_batch, max_batch=max_batch
         )
@@ -273,6 +279,9 @@ class SqlStore:
             await self._commits.submit(change)
         else:
             await self._commit_one(change)
+        self._recent_payments.put(change.payment.id, change.payment)
+        for event in change.events:
+            self._recent_events.put(event.event_id, event)
         # Only after the transaction committed: a listener must never see a rolled-back write.
         for listener in self._listeners:
             listener()
@@ -459,21 +468,30 @@ class SqlStore:
     async def load(self, payment_id: str) -> Payment | None:
         # Concurrent loads share one query (and one pooled connection): under load, a query
         # per payment would queue for connections and dominate the path.
-        data = await self._loads.submit(payment_id)
-        return None if data is None else self._converter.structure(orjson.loads(data), Payment)
+        row = await self._loads.submit(payment_id)
+        if row is None:
+            return None
+        version, data = row
+        recent = self._recent_payments.get(payment_id)
+        if recent is not None and recent.version == version:
+            return recent  # what this process committed, and still the stored version
+        payment = self._converter.structure(orjson.loads(data), Payment)
+        self._recent_payments.put(payment_id, payment)
+        return payment
 
-    async def _load_batch(self, payment_ids: Sequence[str]) -> list[str | None]:
+    async def _load_batch(self, payment_ids: Sequence[str]) -> list[tuple[int, str] | None]:
         ids = sorted(set(payment_ids))
         with self._errors():
             async with self._transaction() as conn:
                 if self._sqlite:
-                    query = sa.select(payments.c.id, payments.c.data)
+                    query = sa.select(payments.c.id, payments.c.version, payments.c.data)
                     rows = await conn.execute(query.where(payments.c.id.in_(ids)))
                 else:  # one array parameter: one prepared statement whatever the count
                     rows = await conn.exec_driver_sql(
-                        "SELECT id, data FROM payments WHERE id = ANY($1::text[])", (ids,)
+                        "SELECT id, version, data FROM payments WHERE id = ANY($1::text[])",
+                        (ids,),
                     )
-                found = {row.id: row.data for row in rows}
+                found = {row.id: (row.version, row.data) for row in rows}
         return [found.get(payment_id) for payment_id in payment_ids]
 
     async def events(self, payment_id: str) -> list[Event]:
@@ -695,7 +713,9 @@ class SqlStore:
         )
 
     def _message(self, row: Any) -> OutboxMessage:
-        event = self._event_types.from_dict(orjson.loads(row.data))
+        event = self._recent_events.take(row.message_id)  # committed here: no decoding
+        if event is None:
+            event = self._event_types.from_dict(orjson.loads(row.data))
         return OutboxMessage(row.message_id, row.payment_id, row.sequence, event, row.attempts)
 
     # -- idempotency --------------------------------------------------------------------------
