@@ -54,6 +54,7 @@ BUILTIN_HOOKS: dict[str, tuple[str, ...]] = {
     "simulated_gateways": ("aegispay_register_gateways",),
     "validation": ("aegispay_validate_payment",),
     "fraud_rules": ("aegispay_check_fraud",),
+    "routing": ("aegispay_select_gateway", "aegispay_startup"),
     "priority_routing": ("aegispay_select_gateway",),
     "event_log": ("aegispay_on_event",),
     "log_sink": ("aegispay_register_event_sinks",),
@@ -394,6 +395,7 @@ def test_deny_omits_builtin() -> None:
     assert names(host) == [
         "simulated_gateways",
         "validation",
+        "routing",
         "priority_routing",
         "event_log",
         *SINKS,
@@ -449,17 +451,38 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyP
         (
             "AEGISPAY_PLUGINS__DENY",
             "fraud_rules",
-            ["simulated_gateways", "validation", "priority_routing", "event_log", *SINKS],
+            [
+                "simulated_gateways",
+                "validation",
+                "routing",
+                "priority_routing",
+                "event_log",
+                *SINKS,
+            ],
         ),
         (
             "AEGISPAY_PLUGINS__DENY",
             "fraud_rules, event_log, webhooks",
-            ["simulated_gateways", "validation", "priority_routing", "log_sink", "redis_streams"],
+            [
+                "simulated_gateways",
+                "validation",
+                "routing",
+                "priority_routing",
+                "log_sink",
+                "redis_streams",
+            ],
         ),
         (
             "AEGISPAY_PLUGINS__DENY",
             '["fraud_rules"]',
-            ["simulated_gateways", "validation", "priority_routing", "event_log", *SINKS],
+            [
+                "simulated_gateways",
+                "validation",
+                "routing",
+                "priority_routing",
+                "event_log",
+                *SINKS,
+            ],
         ),
         (
             "AEGISPAY_PLUGINS__ALLOW",
