@@ -1,6 +1,8 @@
-"""One gateway call: under a timeout, observed by the lifecycle hooks, mapped onto the
-outcome taxonomy. Whatever an adapter does (answers, times out, raises), the engine gets a
-GatewayResult and decides from its outcome alone.
+"""One gateway call: guarded by the gateway's circuit breaker, under a timeout, observed by
+the lifecycle hooks, mapped onto the outcome taxonomy and recorded in the gateway's health.
+Whatever an adapter does (answers, times out, raises), the engine gets a GatewayResult and
+decides from its outcome alone. An open circuit answers NOT_SENT without calling the gateway,
+so routing fails over to the next gateway.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from .breaker import REJECTED, GatewayMonitor
 from .gateways import Gateway, GatewayNotSent, GatewayResult, Operation, Outcome
+from .health import CallClass
 from .hooks import Hooks
 from .observe import GatewayCall
 from .timeouts import run_with_timeout
@@ -24,13 +28,30 @@ _METHODS = {
     Operation.REFUND: "refund",
     Operation.STATUS: "get_status",
 }
+# The health class of an answer (a timeout or a raising adapter is classified where caught).
+_CLASSES = {
+    Outcome.SUCCEEDED: CallClass.SUCCESS,
+    Outcome.PENDING: CallClass.SUCCESS,
+    Outcome.REQUIRES_ACTION: CallClass.SUCCESS,
+    Outcome.DECLINED: CallClass.DECLINED,
+    Outcome.NOT_SENT: CallClass.NOT_SENT,
+    Outcome.UNKNOWN: CallClass.UNKNOWN,
+}
+_FAILED = (False, False, True, True, True)  # by CallClass
 
 
 class GatewayCaller:
-    def __init__(self, gateways: Mapping[str, Gateway], hooks: Hooks, timeout_s: float) -> None:
+    def __init__(
+        self,
+        gateways: Mapping[str, Gateway],
+        hooks: Hooks,
+        timeout_s: float,
+        monitor: GatewayMonitor | None = None,
+    ) -> None:
         self._gateways = gateways
         self._hooks = hooks
         self._timeout_s = timeout_s
+        self.monitor = monitor if monitor is not None else GatewayMonitor(gateways)
 
     async def __call__(
         self, gateway_name: str, operation: Operation, request: Any, attempt_no: int | None
@@ -44,31 +65,65 @@ class GatewayCaller:
         if gateway is None:
             # The gateway's plugin is gone (uninstalled, denied). Nothing was sent.
             return GatewayResult(unreachable, message=f"gateway {gateway_name!r} is not registered")
+        monitor = self.monitor
+        pair = monitor.pairs.get(gateway_name)
+        health, breaker = pair if pair is not None else monitor.add(gateway_name)
+        clock = monitor.clock
+        began = clock()
+        token = breaker.allow(began)
+        if token == REJECTED:
+            return GatewayResult(
+                unreachable,
+                message=f"circuit open for gateway {gateway_name!r} ({breaker.state.value}): "
+                "not called",
+            )
         call = None
         if self._hooks.wants_gateway_calls:
             call = GatewayCall(
                 gateway_name, operation, request.payment_id, request.idempotency_key, attempt_no
             )
-            await self._hooks.before_gateway_call(call)
-        began = time.perf_counter() if call is not None else 0.0
         timeout = self._timeout_s
+        cls = CallClass.UNKNOWN
         try:
-            result = await run_with_timeout(getattr(gateway, _METHODS[operation])(request), timeout)
-        except TimeoutError:
-            result = GatewayResult(Outcome.UNKNOWN, message=f"no answer within {timeout:g}s")
-        except GatewayNotSent as exc:
-            result = GatewayResult(unreachable, message=str(exc))
-        except Exception as exc:  # it may have been sent: only a status lookup can tell
-            log.warning(
-                "gateway %s %s raised %s", gateway_name, operation.value, type(exc).__name__
-            )
-            result = GatewayResult(Outcome.UNKNOWN, message=f"adapter raised {type(exc).__name__}")
-        if not isinstance(result, GatewayResult):
-            result = GatewayResult(
-                Outcome.UNKNOWN, message=f"adapter returned {type(result).__name__}"
-            )
+            if call is not None:
+                await self._hooks.before_gateway_call(call)
+            hooked = time.perf_counter() if call is not None else 0.0
+            try:
+                result = await run_with_timeout(
+                    getattr(gateway, _METHODS[operation])(request), timeout
+                )
+            except TimeoutError:
+                cls = CallClass.TIMEOUT
+                result = GatewayResult(Outcome.UNKNOWN, message=f"no answer within {timeout:g}s")
+            except GatewayNotSent as exc:
+                cls = CallClass.NOT_SENT
+                result = GatewayResult(unreachable, message=str(exc))
+            except Exception as exc:  # it may have been sent: only a status lookup can tell
+                log.warning(
+                    "gateway %s %s raised %s", gateway_name, operation.value, type(exc).__name__
+                )
+                result = GatewayResult(
+                    Outcome.UNKNOWN, message=f"adapter raised {type(exc).__name__}"
+                )
+            else:
+                if not isinstance(result, GatewayResult):
+                    result = GatewayResult(
+                        Outcome.UNKNOWN, message=f"adapter returned {type(result).__name__}"
+                    )
+                elif operation is Operation.STATUS and result.outcome is Outcome.NOT_SENT:
+                    cls = CallClass.SUCCESS  # the gateway answered "no such request"
+                else:
+                    cls = _CLASSES[result.outcome]
+        except BaseException:  # cancelled: the call never finished, give a probe slot back
+            breaker.release(token)
+            raise
+        ended = clock()
+        health.record(cls, (ended - began) * 1000, ended)
+        breaker.record(token, _FAILED[cls], ended)
         if call is not None:
-            await self._hooks.after_gateway_call(call, result, (time.perf_counter() - began) * 1000)
+            await self._hooks.after_gateway_call(
+                call, result, (time.perf_counter() - hooked) * 1000
+            )
         if _gateway_log.isEnabledFor(logging.DEBUG):
             _gateway_log.debug(
                 "gateway=%s operation=%s payment_id=%s attempt=%s outcome=%s",

@@ -14,6 +14,7 @@ Rules that hold in every method:
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import time
@@ -27,6 +28,7 @@ import attrs
 from anyio.abc import TaskGroup
 
 from . import events as ev
+from .breaker import GatewayMonitor
 from .decisions import FraudVerdict, HookContext, RouteDecision, Verdict, combine_verdicts
 from .errors import (
     AegisPayError,
@@ -63,6 +65,7 @@ from .store.base import (
     IN_FLIGHT,
     Change,
     IdempotencyClaimed,
+    IdempotencyProgress,
     IdempotencyRecord,
     IdempotencyState,
     PaymentStore,
@@ -139,6 +142,24 @@ def new_payment_id() -> str:
     return "pay_" + os.urandom(12).hex()
 
 
+@attrs.define
+class _KeyedRequest:
+    """The keyed ``pay`` request a task is processing, if any: its changes carry the key's
+    recovery point. ``recorded``: (payment version, point, state) last written that way."""
+
+    scope: str
+    key: str
+    payment_id: str
+    recorded: tuple[int, RecoveryPoint, IdempotencyState] | None = None
+
+
+# Per task (asyncio and trio copy the context into each task): a contextvar rather than a
+# parameter threaded through every operation that may commit.
+_KEYED: contextvars.ContextVar[_KeyedRequest | None] = contextvars.ContextVar(
+    "aegispay_keyed_request", default=None
+)
+
+
 def progress(payment: Payment) -> tuple[RecoveryPoint, IdempotencyState]:
     """Where a keyed ``pay`` request stands, judged by its payment (the source of truth):
     ``created`` while INITIATED; ``processing`` while open at a gateway (an attempt in flight
@@ -185,7 +206,11 @@ class PaymentService(PostAuthorizationOperations):
         self._candidates: dict[str, list[str]] = {}  # currency -> gateways that take it
         store.use_event_types(self.event_types)
         self.relay = OutboxRelay(store, list(sinks.values()), self.hooks)
-        self._call = GatewayCaller(self._gateways, self.hooks, self.engine.gateway_timeout_s)
+        # Health window and circuit breaker per gateway, fed by every gateway call.
+        self.gateway_monitor = GatewayMonitor(self._gateways, self.engine.gateway_health)
+        self._call = GatewayCaller(
+            self._gateways, self.hooks, self.engine.gateway_timeout_s, self.gateway_monitor
+        )
         store.on_commit(self.relay.notify)
         # Always built (``run_once`` works even when the periodic loop is off); the loop runs
         # only while the service is entered and ``engine.reconcile_interval_s`` is not 0.
@@ -263,6 +288,10 @@ class PaymentService(PostAuthorizationOperations):
         await self.locks.close()
 
     # -- reading --------------------------------------------------------------------------
+
+    def gateway_health(self) -> dict[str, dict[str, Any]]:
+        """Per gateway: health score, success rate, latency p50/p95/p99, volume, circuit state."""
+        return self.gateway_monitor.snapshot()
 
     async def get_payment(self, payment_id: str) -> Payment:
         payment = await self.store.load(payment_id)
@@ -380,12 +409,13 @@ class PaymentService(PostAuthorizationOperations):
         """``create_payment`` then ``process_payment``.
 
         With ``idempotency_key``, the key is claimed *in flight* at recovery point
-        ``created``, in the transaction that creates the payment. Once processing leaves the
-        payment settled, or waiting on the customer (REQUIRES_ACTION), the key is completed;
-        while the payment is still open at a gateway (an UNKNOWN outcome) it stays in flight
-        at ``processing``. A crash in between leaves the key in flight: the janitor
-        (:meth:`resume_idempotency_keys`, also run by ``aegispay reconcile``) or the client's
-        retry resumes it.
+        ``created``, in the transaction that creates the payment, and moves with each change
+        to the payment, in that change's transaction: to ``processing`` with the intent; once
+        processing leaves the payment settled, or waiting on the customer (REQUIRES_ACTION),
+        the key is completed (``finished``); while the payment is still open at a gateway (an
+        UNKNOWN outcome) it stays in flight at ``processing``. A crash in between leaves the
+        key in flight: the janitor (:meth:`resume_idempotency_keys`, also run by
+        ``aegispay reconcile``) or the client's retry resumes it.
 
         A duplicate (same key, same request) gets the one payment, charged at most once:
 
@@ -410,14 +440,24 @@ class PaymentService(PostAuthorizationOperations):
         return await self._process_keyed(request.merchant_id, idempotency_key, payment.id)
 
     async def _process_keyed(self, scope: str, key: str, payment_id: str) -> Payment:
-        """Process the payment of an in-flight key, then record how far it got."""
+        """Process the payment of an in-flight key, then record how far it got.
+
+        While it runs, every change to the payment carries the key's new recovery point
+        (``_commit``), so the record moves in the same transaction as the payment; the
+        separate advance afterwards is only needed when no change was made (a duplicate
+        finding the work done) or the last one did not carry it."""
+        request = _KeyedRequest(scope, key, payment_id)
+        token = _KEYED.set(request)
         try:
             payment = await self.process_payment(payment_id)
         except LockTimeout as error:
             # Another caller (the key's first request, a duplicate, the janitor) holds the
             # payment and is still at work on it: the honest answer is "in progress".
             raise IdempotencyKeyInProgress(key, scope) from error
-        await self._record_progress(scope, key, payment, quiet=True)
+        finally:
+            _KEYED.reset(token)
+        if request.recorded != (payment.version, *progress(payment)):
+            await self._record_progress(scope, key, payment, quiet=True)
         return payment
 
     async def _record_progress(
@@ -844,9 +884,16 @@ class PaymentService(PostAuthorizationOperations):
         new = payment
         for event in events:
             new = apply(new, event)
+        step = None
+        keyed = _KEYED.get()
+        if keyed is not None and keyed.payment_id == new.id:
+            point, state = progress(new)
+            step = IdempotencyProgress(keyed.scope, keyed.key, new.id, point, state, self.clock())
         await self.store.commit(
-            Change(new, payment.version, tuple(events), lease.token if lease else None)
+            Change(new, payment.version, tuple(events), lease.token if lease else None, None, step)
         )
+        if keyed is not None and step is not None:
+            keyed.recorded = (new.version, step.recovery_point, step.state)
         return new
 
     def _failed(self, payment: Payment, code: str, message: str, offset: int = 0) -> ev.Event:

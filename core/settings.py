@@ -54,6 +54,63 @@ def _not_negative(instance: object, attribute: attrs.Attribute[Any], value: floa
         raise ValueError(f"{attribute.name}: must be 0 or more, got {value!r}")
 
 
+def _rate(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"{attribute.name}: must be above 0 and at most 1, got {value!r}")
+
+
+def _at_least_one(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if value < 1:
+        raise ValueError(f"{attribute.name}: must be 1 or more, got {value!r}")
+
+
+@attrs.frozen
+class BreakerSettings:
+    """One gateway's circuit breaker (see docs/architecture.md, "Gateway health and circuit
+    breakers").
+
+    The circuit opens after ``failure_threshold`` consecutive failures (NOT_SENT, UNKNOWN,
+    timeout), or when the failure rate over the health window reaches ``failure_rate`` once
+    the window holds at least ``min_calls`` judged calls (declines are not judged). An open
+    circuit fails calls fast as NOT_SENT for ``open_timeout_s`` seconds, then half-opens: up to
+    ``half_open_max_probes`` calls at a time go through; ``success_threshold`` successes close
+    it, one failure opens it again.
+    """
+
+    enabled: bool = True
+    failure_threshold: int = attrs.field(default=10, validator=_at_least_one)
+    failure_rate: float = attrs.field(default=0.5, validator=_rate)
+    min_calls: int = attrs.field(default=100, validator=_at_least_one)
+    open_timeout_s: float = attrs.field(default=30.0, validator=_positive)
+    half_open_max_probes: int = attrs.field(default=1, validator=_at_least_one)
+    success_threshold: int = attrs.field(default=2, validator=_at_least_one)
+
+
+@attrs.frozen
+class GatewayHealthSettings:
+    """Health windows and circuit breakers, for every gateway (``[engine.gateway_health]``).
+
+    The health window is the last ``window_calls`` calls no older than ``window_s`` seconds
+    (0 switches a limit off; not both). ``latency_target_ms`` (0: off) lowers the health score
+    of a gateway whose p95 latency is above it. ``breaker`` applies to every gateway unless
+    ``overrides`` has a table for it by name (``[engine.gateway_health.overrides.NAME]``);
+    keys left out of an override take BreakerSettings' built-in defaults.
+    """
+
+    window_calls: int = attrs.field(default=500, validator=_not_negative)
+    window_s: float = attrs.field(default=60.0, validator=_not_negative)
+    latency_target_ms: float = attrs.field(default=0.0, validator=_not_negative)
+    breaker: BreakerSettings = BreakerSettings()
+    overrides: dict[str, BreakerSettings] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.window_calls and not self.window_s:
+            raise ValueError("window_calls and window_s cannot both be 0")
+
+    def breaker_for(self, gateway: str) -> BreakerSettings:
+        return self.overrides.get(gateway, self.breaker)
+
+
 @attrs.frozen
 class EngineSettings:
     """How the engine treats gateways, locks and idempotency records."""
@@ -69,6 +126,8 @@ class EngineSettings:
     # request still running is rarely taken for a stuck one (harmless, but wasted work).
     reconcile_interval_s: float = attrs.field(default=30.0, validator=_not_negative)
     reconcile_after_s: float = attrs.field(default=60.0, validator=_positive)
+    # Per-gateway health windows and circuit breakers (aegispay.health, aegispay.breaker).
+    gateway_health: GatewayHealthSettings = GatewayHealthSettings()
 
 
 @attrs.frozen

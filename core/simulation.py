@@ -198,6 +198,7 @@ async def run_simulation(
         "resend_mismatches": tally.resend_mismatches,
         "errors": dict(tally.errors),
         **audit,
+        "gateway_health": service.gateway_health(),
         "events_published": service.relay.published,
         "max_rss_mb": {"start": rss_start, "end": rss_end},
     }

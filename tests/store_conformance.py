@@ -25,7 +25,13 @@ from aegispay.money import Money
 from aegispay.outbox import OutboxCounts, OutboxFailure, OutboxMessage, OutboxSettled
 from aegispay.payment import Attempt, Payment, PendingOperation, Refund, apply, replay
 from aegispay.states import PaymentState
-from aegispay.store.base import Change, IdempotencyClaimed, IdempotencyRecord, PaymentStore
+from aegispay.store.base import (
+    Change,
+    IdempotencyClaimed,
+    IdempotencyProgress,
+    IdempotencyRecord,
+    PaymentStore,
+)
 
 StoreFactory = Callable[[], Awaitable[PaymentStore]]
 
@@ -492,6 +498,39 @@ class StoreConformance:
         assert await current() == ("finished", "completed", None)
         record = await store.find_idempotency("m_1", "k")
         assert record is not None and record.payment_id == "pay_1" and record.response == c.payment
+
+    async def test_progress_moves_the_key_with_the_change_or_not_at_all(
+        self, store: PaymentStore
+    ) -> None:
+        """``Change.progress``: the key's recovery point is written in the change's own
+        transaction - with it when it commits, not at all when it is refused - and follows
+        the same forward-only rules as ``idempotency_advance``."""
+        c = change(None, [initiated("pay_1")])
+        await store.commit(attrs.evolve(c, idempotency=in_flight(c.payment, "k", locked_at=at(0))))
+
+        def step(point: Any, state: Any, when: int, payment_id: str = "pay_1") -> Any:
+            return IdempotencyProgress("m_1", "k", payment_id, point, state, at(when))
+
+        async def current() -> tuple[Any, ...]:
+            record = await store.find_idempotency("m_1", "k")
+            assert record is not None
+            return (record.recovery_point, record.state, record.locked_at)
+
+        intent = change(c.payment, [started("pay_1", 2)])
+        stale = attrs.evolve(intent, expected_version=0, progress=step("finished", "completed", 2))
+        with pytest.raises(ConcurrencyConflict):
+            await store.commit(stale)
+        assert await current() == ("created", "in_flight", at(0))  # refused: key untouched
+        await store.commit(attrs.evolve(intent, progress=step("processing", "in_flight", 3)))
+        assert await current() == ("processing", "in_flight", at(3))
+        # Another payment's step, or a step backwards, is ignored - the change still commits.
+        other = change(intent.payment, [started("pay_1", 3, attempt=2)])
+        await store.commit(attrs.evolve(other, progress=step("created", "in_flight", 4)))
+        assert await current() == ("processing", "in_flight", at(3))
+        assert (await store.load("pay_1")) == other.payment
+        last = change(other.payment, [started("pay_1", 4, attempt=3)])
+        await store.commit(attrs.evolve(last, progress=step("finished", "completed", 5)))
+        assert await current() == ("finished", "completed", None)
 
     async def test_idempotency_advance_of_a_completed_claim(self, store: PaymentStore) -> None:
         c = change(None, [initiated("pay_1")])

@@ -134,9 +134,10 @@ def test_sigkill_at_a_fail_point_loses_nothing_and_charges_once(
     _, acks = run_worker(tmp_path, failpoint, kill_at)
     left = anyio.run(in_flight_keys, tmp_path, backend="asyncio")
     if failpoint != "during_relay":
-        # Exactly the killed request is in flight, at "created": its recovery point is a hint
-        # that may lag behind its payment (PROCESSING after the intent), never run ahead.
-        assert [(r.key, r.recovery_point) for r in left] == [(f"o{kill_at - 1}", "created")]
+        # Exactly the killed request is in flight, at the point its payment reached: the key
+        # moves in the same transaction as the payment ("processing" with the intent).
+        point = "created" if failpoint == "after_create" else "processing"
+        assert [(r.key, r.recovery_point) for r in left] == [(f"o{kill_at - 1}", point)]
     anyio.run(recover_and_check, tmp_path, acks, backend="asyncio")
 
 

@@ -327,9 +327,11 @@ async def test_pay_claims_its_key_in_flight_and_completes_it_once_settled() -> N
         paid = await service.pay(request(), idempotency_key="held")
     (during,) = gateway.seen
     assert during is not None and during.payment_id == paid.id
+    # While the gateway has the request, the key is in flight at "processing": it moved in
+    # the transaction that committed the intent, not in a write of its own.
     assert (during.state, during.recovery_point, during.locked_at) == (
         "in_flight",
-        "created",
+        "processing",
         clock(),
     )
     after = await service.store.find_idempotency("default", "held")

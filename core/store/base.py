@@ -83,6 +83,20 @@ def advances(current: RecoveryPoint, to: RecoveryPoint) -> bool:
 
 
 @attrs.frozen
+class IdempotencyProgress:
+    """A keyed request's record moved forward in the same transaction as a change to its
+    payment (``PaymentService.pay``). Applied like ``idempotency_advance``: forward only,
+    only while in flight and naming this payment; otherwise it is ignored, never an error."""
+
+    scope: str
+    key: str
+    payment_id: str
+    recovery_point: RecoveryPoint
+    state: IdempotencyState
+    at: datetime
+
+
+@attrs.frozen
 class Change:
     """One atomic write. ``expected_version`` is 0 for a new payment."""
 
@@ -91,6 +105,7 @@ class Change:
     events: tuple[Event, ...]
     fencing_token: int | None = None
     idempotency: IdempotencyRecord | None = None
+    progress: IdempotencyProgress | None = None
 
 
 class IdempotencyClaimed(Exception):

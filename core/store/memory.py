@@ -93,6 +93,11 @@ class MemoryStore:
                     self._ready[payment.id] = None
             for event in change.events:
                 queue.append(OutboxMessage(event.event_id, event.payment_id, event.version, event))
+        step = change.progress
+        if step is not None:
+            self._advance(
+                step.scope, step.key, step.payment_id, step.recovery_point, step.state, step.at
+            )
         for listener in self._listeners:
             listener()
 
@@ -115,6 +120,17 @@ class MemoryStore:
         return record
 
     async def idempotency_advance(
+        self,
+        scope: str,
+        key: str,
+        payment_id: str,
+        recovery_point: RecoveryPoint,
+        state: IdempotencyState,
+        at: datetime,
+    ) -> bool:
+        return self._advance(scope, key, payment_id, recovery_point, state, at)
+
+    def _advance(
         self,
         scope: str,
         key: str,

@@ -313,6 +313,8 @@ class SqlStore:
                     if change.idempotency is not None:
                         await self._claim(conn, change.idempotency)
                     await self._append(conn, change)
+                    if change.progress is not None:
+                        await advance_keys(conn, [change.progress], postgres=not self._sqlite)
             except _Rejected:
                 raise await self._why_rejected(change) from None
             except _Claimed:
@@ -828,10 +830,12 @@ class SqlStore:
 
 def _commit_keys(change: Change) -> tuple[Any, ...]:
     """What two changes in one batch must not share: the payment, the idempotency key."""
-    claim = change.idempotency
-    if claim is None:
-        return (change.payment.id,)
-    return (change.payment.id, ("idempotency", claim.scope, claim.key))
+    keys: list[Any] = [change.payment.id]
+    if change.idempotency is not None:
+        keys.append(("idempotency", change.idempotency.scope, change.idempotency.key))
+    if change.progress is not None:
+        keys.append(("idempotency", change.progress.scope, change.progress.key))
+    return tuple(keys)
 
 
 def _migration_context(connection: sa.Connection, schema: str | None) -> MigrationContext:

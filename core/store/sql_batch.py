@@ -160,6 +160,10 @@ async def write_batch(
     attempts = [row for change in written for row in rows._attempt_rows(change)]
     if attempts:
         await insert_many(conn, payment_attempts, attempts, postgres=postgres, upsert=_ATTEMPT)
+    # 6. Keyed requests' recovery points, in the transaction of the change that reached them.
+    steps = [change.progress for change in written if change.progress is not None]
+    if steps:
+        await advance_keys(conn, steps, postgres=postgres)
     return deferred
 
 

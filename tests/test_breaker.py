@@ -1,0 +1,333 @@
+"""The circuit breaker: its transition table with a fake clock, and its place in the engine."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from aegispay import Money, Operation, Outcome, PaymentRequest, PaymentService, PaymentState
+from aegispay.breaker import REJECTED, CircuitBreaker, CircuitState, GatewayMonitor
+from aegispay.health import CallClass, GatewayHealth
+from aegispay.settings import (
+    BreakerSettings,
+    EngineSettings,
+    GatewayHealthSettings,
+    PluginConfig,
+    Settings,
+)
+from aegispay.testing import ScriptedGateway, make_test_service
+
+CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 500.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Rig:
+    """A breaker over a health window, both on one fake clock, with its changes recorded."""
+
+    def __init__(self, **settings: object) -> None:
+        self.clock = FakeClock()
+        self.changes: list[tuple[CircuitState, CircuitState, str]] = []
+        self.health = GatewayHealth("g", window_calls=100, window_s=0, clock=self.clock)
+        self.breaker = CircuitBreaker(
+            "g",
+            BreakerSettings(**settings),  # type: ignore[arg-type]
+            health=self.health,
+            clock=self.clock,
+            on_change=lambda name, old, new, why: self.changes.append((old, new, why)),
+        )
+
+    def call(self, cls: CallClass = CallClass.SUCCESS) -> bool:
+        """One call through the breaker; False if it failed fast."""
+        token = self.breaker.allow()
+        if token == REJECTED:
+            return False
+        self.health.record(cls, 1.0)
+        self.breaker.record(
+            token, cls in (CallClass.NOT_SENT, CallClass.UNKNOWN, CallClass.TIMEOUT)
+        )
+        return True
+
+    def fail(self, times: int = 1, cls: CallClass = CallClass.NOT_SENT) -> None:
+        for _ in range(times):
+            assert self.call(cls)
+
+    @property
+    def state(self) -> CircuitState:
+        return self.breaker.state
+
+    def open(self) -> None:
+        self.fail(self.breaker.settings.failure_threshold)
+        assert self.state is OPEN
+
+
+# -- CLOSED ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", [CallClass.NOT_SENT, CallClass.UNKNOWN, CallClass.TIMEOUT])
+def test_closed_to_open_on_consecutive_failures(cls: CallClass) -> None:
+    rig = Rig(failure_threshold=3, min_calls=100)
+    rig.fail(2, cls)
+    assert rig.state is CLOSED
+    rig.fail(1, cls)
+    assert rig.state is OPEN
+    assert rig.changes == [(CLOSED, OPEN, "3 consecutive failures")]
+    assert rig.breaker.opened == 1
+
+
+def test_a_success_resets_the_consecutive_count() -> None:
+    rig = Rig(failure_threshold=3, min_calls=100)
+    for _ in range(10):
+        rig.fail(2)
+        assert rig.call(CallClass.SUCCESS)
+    assert rig.state is CLOSED
+
+
+def test_declines_never_open_the_circuit() -> None:
+    rig = Rig(failure_threshold=2, min_calls=2, failure_rate=0.1)
+    for _ in range(50):
+        assert rig.call(CallClass.DECLINED)
+    assert rig.state is CLOSED
+    rig.fail(1)
+    assert rig.call(CallClass.DECLINED)  # the gateway answered: the streak is broken
+    rig.fail(1)
+    assert rig.state is OPEN  # 2 failures of 2 judged calls (declines are not judged)
+    assert "failure rate 2/2" in rig.changes[0][2]
+
+
+def test_one_early_failure_does_not_open_it() -> None:
+    rig = Rig(failure_threshold=100, failure_rate=0.5, min_calls=10)
+    rig.fail(1)  # 100% failure rate, but only one call
+    assert rig.state is CLOSED
+
+
+def test_failure_rate_needs_the_minimum_volume() -> None:
+    rig = Rig(failure_threshold=100, failure_rate=0.5, min_calls=10)
+    for _ in range(4):
+        rig.fail(1)
+        assert rig.call(CallClass.SUCCESS)
+    rig.fail(1)
+    assert rig.state is CLOSED  # 5/9: rate reached, volume not
+    assert rig.call(CallClass.SUCCESS)
+    assert rig.state is CLOSED  # 5/10 but a success does not open
+    rig.fail(1)  # 6/11
+    assert rig.state is OPEN
+    assert rig.changes[0][2] == "failure rate 6/11 over the window"
+
+
+def test_failure_rate_below_threshold_stays_closed() -> None:
+    rig = Rig(failure_threshold=100, failure_rate=0.5, min_calls=10)
+    for _ in range(50):
+        rig.fail(1)
+        assert rig.call(CallClass.SUCCESS)
+        assert rig.call(CallClass.SUCCESS)
+    assert rig.state is CLOSED
+
+
+# -- OPEN ------------------------------------------------------------------------------------
+
+
+def test_open_fails_fast_until_the_timeout() -> None:
+    rig = Rig(failure_threshold=2, open_timeout_s=30.0)
+    rig.open()
+    rig.clock.now += 29.9
+    assert not rig.call()
+    assert rig.breaker.rejected == 1
+    assert rig.breaker.current_state() is OPEN
+    rig.clock.now += 0.1
+    assert rig.breaker.current_state() is HALF_OPEN  # reported, not yet moved
+    assert rig.state is OPEN
+    assert rig.call()
+    assert rig.changes[-1] == (OPEN, HALF_OPEN, "open timeout elapsed")
+
+
+# -- HALF_OPEN -------------------------------------------------------------------------------
+
+
+def half_open(rig: Rig) -> int:
+    rig.open()
+    rig.clock.now += rig.breaker.settings.open_timeout_s
+    token = rig.breaker.allow()
+    assert token != REJECTED
+    assert rig.state is HALF_OPEN
+    return token
+
+
+def test_half_open_limits_concurrent_probes() -> None:
+    rig = Rig(failure_threshold=1, half_open_max_probes=2, success_threshold=5)
+    first = half_open(rig)
+    second = rig.breaker.allow()
+    assert second != REJECTED
+    assert rig.breaker.allow() == REJECTED  # both probe slots taken
+    rig.breaker.record(first, False)
+    third = rig.breaker.allow()  # a slot is free again
+    assert third != REJECTED
+    assert rig.breaker.allow() == REJECTED
+    rig.breaker.release(third)  # a cancelled probe gives its slot back
+    assert rig.breaker.allow() != REJECTED
+
+
+def test_half_open_closes_after_enough_successes() -> None:
+    rig = Rig(failure_threshold=1, success_threshold=2, half_open_max_probes=1)
+    token = half_open(rig)
+    rig.health.record(CallClass.SUCCESS, 1.0)
+    rig.breaker.record(token, False)
+    assert rig.state is HALF_OPEN
+    assert rig.call(CallClass.DECLINED)  # an answer counts as a good probe
+    assert rig.state is CLOSED
+    assert rig.changes[-1] == (HALF_OPEN, CLOSED, "2 successful probes")
+    # The window that opened the circuit was cleared: it takes new failures to open it.
+    assert rig.health.failures == 0
+    assert rig.breaker.consecutive_failures == 0
+
+
+def test_half_open_reopens_on_a_failed_probe() -> None:
+    rig = Rig(failure_threshold=1, success_threshold=3, open_timeout_s=10.0)
+    token = half_open(rig)
+    rig.breaker.record(token, False)
+    rig.fail(1)
+    assert rig.state is OPEN
+    assert rig.changes[-1] == (HALF_OPEN, OPEN, "probe failed")
+    assert rig.breaker.opened == 2
+    rig.clock.now += 9.9  # the open timeout starts again
+    assert not rig.call()
+
+
+def test_results_from_before_a_state_change_do_not_move_the_breaker() -> None:
+    rig = Rig(failure_threshold=2, success_threshold=1)
+    slow = rig.breaker.allow()  # admitted while CLOSED
+    rig.open()
+    rig.breaker.record(slow, False)  # arrives while OPEN: ignored
+    assert rig.state is OPEN
+    rig.clock.now += rig.breaker.settings.open_timeout_s
+    probe = rig.breaker.allow()
+    assert rig.state is HALF_OPEN
+    rig.breaker.record(slow, False)  # arrives while HALF_OPEN: not a probe
+    assert rig.state is HALF_OPEN
+    assert rig.breaker.allow() == REJECTED  # and it did not free the probe slot
+    rig.breaker.record(probe, False)
+    assert rig.state is CLOSED
+
+
+def test_full_cycle_transition_table() -> None:
+    rig = Rig(failure_threshold=2, open_timeout_s=5.0, success_threshold=1)
+    rig.open()
+    rig.clock.now += 5
+    rig.fail(1)  # HALF_OPEN probe fails
+    rig.clock.now += 5
+    assert rig.call()  # HALF_OPEN probe succeeds
+    assert [(old, new) for old, new, _ in rig.changes] == [
+        (CLOSED, OPEN),
+        (OPEN, HALF_OPEN),
+        (HALF_OPEN, OPEN),
+        (OPEN, HALF_OPEN),
+        (HALF_OPEN, CLOSED),
+    ]
+    assert [t[0] for t in rig.breaker.transitions] == [500.0, 505.0, 505.0, 510.0, 510.0]
+
+
+def test_disabled_breaker_never_opens() -> None:
+    rig = Rig(enabled=False, failure_threshold=1)
+    rig.fail(20)
+    assert rig.state is CLOSED
+
+
+def test_state_changes_are_logged(caplog: pytest.LogCaptureFixture) -> None:
+    breaker = CircuitBreaker("gw", BreakerSettings(failure_threshold=1), clock=FakeClock())
+    with caplog.at_level(logging.WARNING, logger="aegispay.breaker"):
+        breaker.record(breaker.allow(), True)
+    assert [r.getMessage() for r in caplog.records] == [
+        "circuit for gateway gw: closed -> open (1 consecutive failures)"
+    ]
+    assert caplog.records[0].name == "aegispay.breaker"
+
+
+def test_monitor_uses_per_gateway_overrides() -> None:
+    settings = GatewayHealthSettings(overrides={"b": BreakerSettings(failure_threshold=9)})
+    monitor = GatewayMonitor(["a", "b"], settings)
+    assert monitor.breakers["a"].settings.failure_threshold == 10
+    assert monitor.breakers["b"].settings.failure_threshold == 9
+    assert set(monitor.snapshot()) == {"a", "b"}
+
+
+# -- the engine ------------------------------------------------------------------------------
+
+pytestmark_engine = pytest.mark.anyio
+
+
+def two_gateways(
+    first: ScriptedGateway, second: ScriptedGateway, breaker: BreakerSettings
+) -> PaymentService:
+    config = PluginConfig({"priority_routing": {"order": [first.name, second.name]}})
+    engine = EngineSettings(gateway_health=GatewayHealthSettings(breaker=breaker))
+    service: PaymentService = make_test_service(
+        gateways=[first, second], settings=Settings(engine=engine, plugin_config=config)
+    )
+    return service
+
+
+def authorizations(gateway: ScriptedGateway) -> int:
+    return sum(1 for c in gateway.calls if c.operation is Operation.AUTHORIZE)
+
+
+@pytestmark_engine
+async def test_open_circuit_is_not_called_and_traffic_fails_over() -> None:
+    down = ScriptedGateway("down", script={Operation.AUTHORIZE: [Outcome.NOT_SENT] * 100})
+    backup = ScriptedGateway("backup")
+    service = two_gateways(down, backup, BreakerSettings(failure_threshold=3, open_timeout_s=30.0))
+    clock = FakeClock()
+    service.gateway_monitor.clock = clock
+    async with service:
+        for i in range(10):
+            payment = await service.pay(PaymentRequest(Money(1000 + i, "USD")))
+            assert payment.state is PaymentState.COMPLETED
+            assert payment.attempts[-1].gateway == "backup"
+        assert authorizations(down) == 3  # then the circuit opened: never called again
+        assert authorizations(backup) == 10
+        health = service.gateway_health()
+        assert health["down"]["circuit"] == "open"
+        assert health["down"]["rejected"] == 7
+        assert health["down"]["score"] == 0.0
+        assert health["down"]["by_class"]["not_sent"] == 3
+        assert health["backup"]["circuit"] == "closed"
+        assert health["backup"]["score"] == 1.0
+        assert health["backup"]["volume"] == 10
+        assert set(health["backup"]["latency_ms"]) == {"p50", "p95", "p99"}
+        # The failed-fast attempt is an ordinary NOT_SENT attempt naming the circuit.
+        skipped = payment.attempts[0]
+        assert skipped.gateway == "down"
+        assert skipped.outcome is Outcome.NOT_SENT
+
+        # After the open timeout, one probe goes to the recovered gateway and closes it.
+        down.script[Operation.AUTHORIZE].clear()
+        clock.now += 30
+        payment = await service.pay(PaymentRequest(Money(5000, "USD")))
+        assert payment.attempts[0].gateway == "down"
+        assert payment.state is PaymentState.COMPLETED
+        assert authorizations(down) == 4
+        assert service.gateway_health()["down"]["circuit"] == "half_open"
+        await service.pay(PaymentRequest(Money(5001, "USD")))
+        assert service.gateway_health()["down"]["circuit"] == "closed"
+        assert sum(down.charges.values()) + sum(backup.charges.values()) == 12
+
+
+@pytestmark_engine
+async def test_declines_do_not_open_the_circuit_in_the_engine() -> None:
+    declining = ScriptedGateway("declining", script={Operation.AUTHORIZE: [Outcome.DECLINED] * 20})
+    backup = ScriptedGateway("backup")
+    service = two_gateways(declining, backup, BreakerSettings(failure_threshold=2, min_calls=2))
+    async with service:
+        for i in range(20):
+            payment = await service.pay(PaymentRequest(Money(100 + i, "USD")))
+            assert payment.state is PaymentState.FAILED  # a bank decline does not fail over
+        health = service.gateway_health()["declining"]
+        assert health["circuit"] == "closed"
+        assert health["score"] == 1.0
+        assert health["by_class"]["declined"] == 20
+        assert authorizations(backup) == 0
