@@ -22,7 +22,6 @@ from typing import Any
 
 import anyio
 import asyncpg  # type: ignore[import-untyped]
-import attrs
 import orjson
 import sqlalchemy as sa
 from alembic import command
@@ -53,6 +52,7 @@ from .base import (
     UNSETTLED_STATES,
     Change,
     IdempotencyClaimed,
+    IdempotencyProgress,
     IdempotencyRecord,
     IdempotencyState,
     RecoveryPoint,
@@ -135,20 +135,9 @@ def _dumps(data: Any) -> str:
     return orjson.dumps(data).decode()
 
 
-@attrs.frozen
-class _Advance:
-    """One ``idempotency_advance``: forward only, in one guarded UPDATE (the record must be in
-    flight, of this payment, and at the new point or before it)."""
-
-    scope: str
-    key: str
-    payment_id: str
-    recovery_point: RecoveryPoint
-    state: IdempotencyState
-    at: datetime
-
-    def batch_keys(self) -> tuple[tuple[str, str]]:
-        return ((self.scope, self.key),)
+def _advance_keys(step: IdempotencyProgress) -> tuple[tuple[str, str]]:
+    """Two advances of one key never share a batch (their order would be lost)."""
+    return ((step.scope, step.key),)
 
 
 class SqlStore:
@@ -723,7 +712,7 @@ class SqlStore:
     # -- idempotency --------------------------------------------------------------------------
 
     # With group commit, concurrent advances share a transaction (created on first use).
-    _advances: Coalescer[_Advance, bool] | None = None
+    _advances: Coalescer[IdempotencyProgress, bool] | None = None
 
     async def idempotency_advance(
         self,
@@ -734,19 +723,21 @@ class SqlStore:
         state: IdempotencyState,
         at: datetime,
     ) -> bool:
-        step = _Advance(scope, key, payment_id, recovery_point, state, at)
+        step = IdempotencyProgress(scope, key, payment_id, recovery_point, state, at)
         if self._commits is None:
             (result,) = await self._advance_batch([step])
         else:
             if self._advances is None:
-                self._advances = Coalescer(self._advance_batch, keys=_Advance.batch_keys)
+                self._advances = Coalescer(self._advance_batch, keys=_advance_keys)
             result = await self._advances.submit(step)
         if isinstance(result, BaseException):
             raise result
         return result
 
-    async def _advance_batch(self, steps: Sequence[_Advance]) -> list[bool | BaseException]:
-        """Each step is its own guarded UPDATE; one transaction (one commit) for them all."""
+    async def _advance_batch(
+        self, steps: Sequence[IdempotencyProgress]
+    ) -> list[bool | BaseException]:
+        """Each step is guarded (forward only); one transaction (one commit) for them all."""
         try:
             with self._errors():
                 async with self._transaction(write=True) as conn:

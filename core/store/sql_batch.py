@@ -27,7 +27,7 @@ from sqlalchemy import exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..events import Event
-from .base import IN_FLIGHT, RECOVERY_POINTS, Change, IdempotencyRecord, RecoveryPoint
+from .base import IN_FLIGHT, RECOVERY_POINTS, Change, IdempotencyProgress, IdempotencyRecord
 from .sql_schema import idempotency_keys, outbox, payment_attempts, payment_events, payments
 
 
@@ -232,25 +232,8 @@ async def select_keys(
     return await conn.execute(query.where(sa.tuple_(table.c.scope, table.c.key).in_(wanted)))
 
 
-class Advance(Protocol):
-    """One idempotency record's move forward (``SqlStore.idempotency_advance``)."""
-
-    @property
-    def scope(self) -> str: ...
-    @property
-    def key(self) -> str: ...
-    @property
-    def payment_id(self) -> str: ...
-    @property
-    def recovery_point(self) -> RecoveryPoint: ...
-    @property
-    def state(self) -> str: ...
-    @property
-    def at(self) -> datetime: ...
-
-
 async def advance_keys(
-    conn: AsyncConnection, steps: Sequence[Advance], *, postgres: bool
+    conn: AsyncConnection, steps: Sequence[IdempotencyProgress], *, postgres: bool
 ) -> list[bool]:
     """Move idempotency records forward, each guarded (in flight, this payment, at the new
     point or before it); True for those that moved. Driver-level statements: compiling one
