@@ -163,7 +163,7 @@ async def write_batch(
     # 6. Keyed requests' recovery points, in the transaction of the change that reached them.
     steps = [change.progress for change in written if change.progress is not None]
     if steps:
-        await advance_keys(conn, steps, postgres=postgres)
+        await advance_keys(conn, steps, postgres=postgres, results=False)
     return deferred
 
 
@@ -233,7 +233,11 @@ async def select_keys(
 
 
 async def advance_keys(
-    conn: AsyncConnection, steps: Sequence[IdempotencyProgress], *, postgres: bool
+    conn: AsyncConnection,
+    steps: Sequence[IdempotencyProgress],
+    *,
+    postgres: bool,
+    results: bool = True,
 ) -> list[bool]:
     """Move idempotency records forward, each guarded (in flight, this payment, at the new
     point or before it); True for those that moved. Driver-level statements: compiling one
@@ -269,11 +273,11 @@ async def advance_keys(
         f" WHERE scope = ? AND key = ? AND payment_id = ? AND state = '{IN_FLIGHT}'"
         f" AND recovery_point IN ({marks})"
     )
-    results = []
-    for row in rows:
-        result = await conn.exec_driver_sql(sql, tuple(_bind_sqlite(v) for v in row))
-        results.append(result.rowcount == 1)
-    return results
+    bound = [tuple(_bind_sqlite(v) for v in row) for row in rows]
+    if not results:  # one executemany: which steps applied is not wanted (group commit)
+        await conn.exec_driver_sql(sql, bound)
+        return []
+    return [(await conn.exec_driver_sql(sql, values)).rowcount == 1 for values in bound]
 
 
 def _pg_array(table: sa.Table, column: str) -> str:
