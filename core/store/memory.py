@@ -28,6 +28,7 @@ from .base import (
     IN_FLIGHT,
     Change,
     IdempotencyClaimed,
+    IdempotencyProgress,
     IdempotencyRecord,
     IdempotencyState,
     RecoveryPoint,
@@ -93,11 +94,8 @@ class MemoryStore:
                     self._ready[payment.id] = None
             for event in change.events:
                 queue.append(OutboxMessage(event.event_id, event.payment_id, event.version, event))
-        step = change.progress
-        if step is not None:
-            self._advance(
-                step.scope, step.key, step.payment_id, step.recovery_point, step.state, step.at
-            )
+        if change.progress is not None:
+            self._advance(change.progress)
         for listener in self._listeners:
             listener()
 
@@ -128,28 +126,23 @@ class MemoryStore:
         state: IdempotencyState,
         at: datetime,
     ) -> bool:
-        return self._advance(scope, key, payment_id, recovery_point, state, at)
+        return self._advance(IdempotencyProgress(scope, key, payment_id, recovery_point, state, at))
 
-    def _advance(
-        self,
-        scope: str,
-        key: str,
-        payment_id: str,
-        recovery_point: RecoveryPoint,
-        state: IdempotencyState,
-        at: datetime,
-    ) -> bool:
-        record = self._idempotency.get((scope, key))
+    def _advance(self, step: IdempotencyProgress) -> bool:
+        """Forward only, while in flight and naming this payment (see the protocol)."""
+        record = self._idempotency.get((step.scope, step.key))
         if (
             record is None
-            or record.payment_id != payment_id
+            or record.payment_id != step.payment_id
             or record.state != IN_FLIGHT
-            or not advances(record.recovery_point, recovery_point)
+            or not advances(record.recovery_point, step.recovery_point)
         ):
             return False
-        locked_at = at if state == IN_FLIGHT else None
+        locked_at = step.at if step.state == IN_FLIGHT else None
         self._keep(
-            attrs.evolve(record, recovery_point=recovery_point, state=state, locked_at=locked_at)
+            attrs.evolve(
+                record, recovery_point=step.recovery_point, state=step.state, locked_at=locked_at
+            )
         )
         return True
 

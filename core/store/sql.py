@@ -60,7 +60,14 @@ from .base import (
 )
 from .group_commit import Coalescer
 from .recent import RecentlyWritten
-from .sql_batch import RedoAll, advance_keys, select_keys, upsert_attempts, write_batch
+from .sql_batch import (
+    ATTEMPT_UPSERT,
+    RedoAll,
+    advance_keys,
+    insert_many,
+    select_keys,
+    write_batch,
+)
 from .sql_schema import (
     idempotency_keys,
     metadata,
@@ -350,11 +357,8 @@ class SqlStore:
         if change.expected_version == 0:
             await self._insert(conn, payments, [self._projection_row(change)])
             return
-        values: dict[str, Any] = {
-            "version": payment.version,
-            "state": payment.state.value,
-            "data": _dumps(self._converter.unstructure(payment)),
-        }
+        row = self._projection_row(change)
+        values: dict[str, Any] = {name: row[name] for name in ("version", "state", "data")}
         # Version check and fence check in the one statement that writes: no read-then-write gap.
         guard = sa.and_(payments.c.id == payment.id, payments.c.version == change.expected_version)
         if token is not None:
@@ -418,8 +422,11 @@ class SqlStore:
         await self._insert(conn, outbox, messages)
         attempts = self._attempt_rows(change)
         if attempts:
-            insert = sqlite_insert if self._sqlite else postgresql_insert
-            await conn.execute(upsert_attempts(insert), attempts)
+            try:  # the batch path's statement: one upsert, in one place
+                await insert_many(conn, payment_attempts, attempts, postgres=not self._sqlite,
+                                  upsert=ATTEMPT_UPSERT)  # fmt: skip
+            except RedoAll:  # a unique key taken: this change is refused, as any other
+                raise _Rejected from None
 
     def _event_rows(
         self, events: Sequence[Event]

@@ -18,7 +18,7 @@ the events fails and the whole batch is redone change by change.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -159,7 +159,8 @@ async def write_batch(
         await insert_many(conn, outbox, messages, postgres=postgres)
     attempts = [row for change in written for row in rows._attempt_rows(change)]
     if attempts:
-        await insert_many(conn, payment_attempts, attempts, postgres=postgres, upsert=_ATTEMPT)
+        upsert = ATTEMPT_UPSERT
+        await insert_many(conn, payment_attempts, attempts, postgres=postgres, upsert=upsert)
     # 6. Keyed requests' recovery points, in the transaction of the change that reached them.
     steps = [change.progress for change in written if change.progress is not None]
     if steps:
@@ -168,7 +169,7 @@ async def write_batch(
 
 
 # On a payment_attempts conflict: the attempt's latest view wins.
-_ATTEMPT = (
+ATTEMPT_UPSERT = (
     ("payment_id", "attempt_no"),
     ("outcome", "gateway_reference", "updated_at"),
 )
@@ -309,17 +310,3 @@ def _bind_sqlite(value: Any) -> Any:
     if isinstance(value, bool):
         return int(value)
     return value
-
-
-def upsert_attempts(insert: Callable[[sa.Table], Any]) -> Any:
-    """INSERT ... ON CONFLICT (payment_id, attempt_no) DO UPDATE: the attempt's latest view."""
-    statement = insert(payment_attempts)
-    excluded = statement.excluded
-    return statement.on_conflict_do_update(
-        index_elements=[payment_attempts.c.payment_id, payment_attempts.c.attempt_no],
-        set_={
-            "outcome": excluded.outcome,
-            "gateway_reference": excluded.gateway_reference,
-            "updated_at": excluded.updated_at,
-        },
-    )
