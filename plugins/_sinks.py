@@ -15,10 +15,11 @@ import functools
 import json
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from aegispay.errors import AegisPayError, ConfigError
 from aegispay.events import Event
+from aegispay.hookspecs import hookimpl
 from aegispay.money import Money
 from aegispay.outbox import OutboxMessage
 from aegispay.serialization import EventTypes
@@ -177,3 +178,37 @@ def by_payment(messages: Sequence[OutboxMessage]) -> list[list[OutboxMessage]]:
     for message in messages:
         groups.setdefault(message.payment_id, []).append(message)
     return list(groups.values())
+
+
+class _ClosableSink(Protocol):
+    serializer: Serializer
+
+    async def aclose(self) -> None: ...
+
+
+SinkT = TypeVar("SinkT", bound=_ClosableSink)
+
+
+class SinkPlugin(Generic[SinkT]):
+    """What the sink plugins share: their config section, the merchant directory, the sinks
+    they registered, binding those to the service at start-up, and closing them.
+
+    There is no shutdown hook: sinks open their connections on first publish; call
+    :meth:`aclose` when the service is done (``service.host.plugin(name)``).
+    """
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self._section = dict(config)
+        self._directory = MerchantDirectory()
+        self.sinks: list[SinkT] = []
+
+    @hookimpl(trylast=True)
+    def aegispay_startup(self, service: PaymentService) -> None:
+        """Serialize with the service's event registry; look merchants up in its store."""
+        self._directory.bind_service(service)
+        for sink in self.sinks:
+            sink.serializer = service.event_types.to_dict
+
+    async def aclose(self) -> None:
+        for sink in self.sinks:
+            await sink.aclose()

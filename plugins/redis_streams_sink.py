@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 from urllib.parse import unquote, urlsplit
 
 import attrs
@@ -51,6 +51,7 @@ from ._sinks import (
     EventSinkError,
     MerchantDirectory,
     Serializer,
+    SinkPlugin,
     config_error,
     default_serializer,
     dumps,
@@ -60,7 +61,6 @@ from ._sinks import (
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
-    from aegispay.service import PaymentService
 
 NAME = "redis_streams"
 log = logging.getLogger("aegispay.sinks.redis_streams")
@@ -198,17 +198,8 @@ class RedisStreamsSink:
                 log.warning("closing %s: %s", self._safe_url, type(error).__name__)
 
 
-class RedisStreamsPlugin:
-    """Registers a :class:`RedisStreamsSink` when ``[plugins.redis_streams]`` is configured.
-
-    There is no shutdown hook: the sink opens its connections on first publish; call
-    :meth:`aclose` when the service is done (``service.host.plugin("redis_streams")``).
-    """
-
-    def __init__(self, config: Mapping[str, Any]) -> None:
-        self._section = dict(config)
-        self._directory = MerchantDirectory()
-        self.sinks: list[RedisStreamsSink] = []
+class RedisStreamsPlugin(SinkPlugin[RedisStreamsSink]):
+    """Registers a :class:`RedisStreamsSink` when ``[plugins.redis_streams]`` is configured."""
 
     @hookimpl(trylast=True)
     def aegispay_register_event_sinks(
@@ -220,14 +211,3 @@ class RedisStreamsPlugin:
         sink = RedisStreamsSink(settings, directory=self._directory)
         self.sinks.append(sink)
         register(sink)
-
-    @hookimpl(trylast=True)
-    def aegispay_startup(self, service: PaymentService) -> None:
-        """Serialize with the service's event registry; look merchants up in its store."""
-        self._directory.bind_service(service)
-        for sink in self.sinks:
-            sink.serializer = service.event_types.to_dict
-
-    async def aclose(self) -> None:
-        for sink in self.sinks:
-            await sink.aclose()

@@ -52,10 +52,10 @@ import ipaddress
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from email.utils import parsedate_to_datetime
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import anyio
@@ -69,6 +69,7 @@ from ._sinks import (
     EventSinkError,
     MerchantDirectory,
     Serializer,
+    SinkPlugin,
     by_payment,
     config_error,
     default_serializer,
@@ -79,7 +80,6 @@ from ._sinks import (
 
 if TYPE_CHECKING:
     import httpx
-    from aegispay.service import PaymentService
     from tenacity import RetryCallState
 
 NAME = "webhooks"
@@ -452,17 +452,8 @@ class WebhookSink:
             await client.aclose()
 
 
-class WebhooksPlugin:
-    """Registers one :class:`WebhookSink` per configured endpoint of ``[plugins.webhooks]``.
-
-    There is no shutdown hook: each sink opens its connection pool on first publish; call
-    :meth:`aclose` when the service is done (``service.host.plugin("webhooks")``).
-    """
-
-    def __init__(self, config: Mapping[str, Any]) -> None:
-        self._section = dict(config)
-        self._directory = MerchantDirectory()
-        self.sinks: list[WebhookSink] = []
+class WebhooksPlugin(SinkPlugin[WebhookSink]):
+    """Registers one :class:`WebhookSink` per configured endpoint of ``[plugins.webhooks]``."""
 
     def __repr__(self) -> str:
         return f"WebhooksPlugin(sinks={[sink.name for sink in self.sinks]})"
@@ -481,14 +472,3 @@ class WebhooksPlugin:
                 sink = WebhookSink(name, endpoint, settings, directory=self._directory)
                 self.sinks.append(sink)
                 register(sink)
-
-    @hookimpl(trylast=True)
-    def aegispay_startup(self, service: PaymentService) -> None:
-        """Serialize with the service's event registry; look merchants up in its store."""
-        self._directory.bind_service(service)
-        for sink in self.sinks:
-            sink.serializer = service.event_types.to_dict
-
-    async def aclose(self) -> None:
-        for sink in self.sinks:
-            await sink.aclose()

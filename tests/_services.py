@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 POSTGRES_URL = os.environ.get(
     "AEGISPAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -22,3 +27,30 @@ def service_unavailable(name: str, reason: str) -> None:
     if os.environ.get("AEGISPAY_TEST_REQUIRE_SERVICES") == "1":
         pytest.fail(message + " (AEGISPAY_TEST_REQUIRE_SERVICES=1 makes this mandatory)")
     pytest.skip(message)
+
+
+@asynccontextmanager
+async def redis_client(**options: Any) -> AsyncIterator[aioredis.Redis]:
+    """A client of the test Redis (skip or fail as above when it is unreachable)."""
+    client = aioredis.from_url(REDIS_URL, socket_connect_timeout=2, **options)
+    try:
+        await client.ping()
+    except Exception as error:  # any failure to reach it: skip locally, fail in CI
+        await client.aclose()
+        service_unavailable("Redis", str(error))
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@asynccontextmanager
+async def redis_key_prefix(client: aioredis.Redis, suffix: str = "") -> AsyncIterator[str]:
+    """A random key prefix for one test; every key under it is deleted afterwards."""
+    prefix = f"aegispay-test:{uuid.uuid4().hex}:{suffix}"
+    try:
+        yield prefix
+    finally:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await client.delete(*keys)

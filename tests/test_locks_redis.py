@@ -6,16 +6,16 @@ asyncio only (redis.asyncio). Tasks are ordered with anyio Events; sleeps only l
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
+import _services
 import anyio
 import anyio.lowlevel
 import pytest
 import redis.asyncio as aioredis
-from _services import REDIS_URL, service_unavailable
+from _services import REDIS_URL
 from aegispay import events as ev
 from aegispay.errors import FencingTokenRejected, LockTimeout, StoreUnavailable
 from aegispay.locks.redis import RedisLockManager
@@ -39,24 +39,15 @@ def anyio_backend() -> str:
 
 @pytest.fixture
 async def redis_client() -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.from_url(REDIS_URL, socket_connect_timeout=2)
-    try:
-        await client.ping()
-    except Exception as error:  # any failure to reach it: skip locally, fail in CI
-        await client.aclose()
-        service_unavailable("Redis", str(error))
-    yield client
-    await client.aclose()
+    async with _services.redis_client() as client:
+        yield client
 
 
 @pytest.fixture
 async def prefix(redis_client: aioredis.Redis) -> AsyncIterator[str]:
     """A random key prefix per test; its keys are deleted afterwards."""
-    value = f"aegispay-test:{uuid.uuid4().hex}:"
-    yield value
-    keys = [key async for key in redis_client.scan_iter(match=f"{value}*")]
-    if keys:
-        await redis_client.delete(*keys)
+    async with _services.redis_key_prefix(redis_client) as value:
+        yield value
 
 
 @pytest.fixture

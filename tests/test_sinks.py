@@ -18,12 +18,13 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import _services
 import anyio
 import anyio.lowlevel
 import attrs
 import pytest
 import redis.asyncio as aioredis
-from _services import REDIS_URL, service_unavailable
+from _services import REDIS_URL
 from aegispay import ConfigError, Money, PaymentRequest, PaymentState
 from aegispay import events as ev
 from aegispay.outbox import EventSink, OutboxMessage
@@ -376,24 +377,15 @@ async def test_merchant_directory_learns_then_asks_the_store_then_fails_clearly(
 
 @pytest.fixture
 async def redis_client() -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.from_url(REDIS_URL, socket_connect_timeout=2, decode_responses=True)
-    try:
-        await client.ping()
-    except Exception as error:  # any failure to reach it: skip locally, fail in CI
-        await client.aclose()
-        service_unavailable("Redis", str(error))
-    yield client
-    await client.aclose()
+    async with _services.redis_client(decode_responses=True) as client:
+        yield client
 
 
 @pytest.fixture
 async def stream(redis_client: aioredis.Redis) -> AsyncIterator[str]:
     """A unique stream key (prefix) per test; its keys are deleted afterwards."""
-    key = f"aegispay-test:{uuid.uuid4().hex}:events"
-    yield key
-    keys = [k async for k in redis_client.scan_iter(match=f"{key}*")]
-    if keys:
-        await redis_client.delete(*keys)
+    async with _services.redis_key_prefix(redis_client, "events") as key:
+        yield key
 
 
 @pytest.fixture
