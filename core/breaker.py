@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .health import GatewayHealth
+from .health import SEGMENT_DIMENSIONS, GatewayHealth
 from .settings import BreakerSettings, GatewayHealthSettings
 
 log = logging.getLogger("aegispay.breaker")
@@ -162,6 +162,25 @@ class CircuitBreaker:
         if token == self._generation and self.state is CircuitState.HALF_OPEN:
             self._probes -= 1
 
+    def wants_probe(self, now: float) -> bool:
+        """True when the next call would be a half-open probe that the breaker would admit:
+        routing puts such a gateway first, else a recovered gateway that no strategy ranks
+        first (its window still holds the failures that opened it) would never be probed."""
+        if not self.settings.enabled:
+            return False
+        state = self.state
+        if state is CircuitState.OPEN:
+            return now - self._opened_at >= self.settings.open_timeout_s
+        if state is CircuitState.HALF_OPEN:
+            return self._probes < self.settings.half_open_max_probes
+        return False
+
+    def reopens_in(self, now: float) -> float:
+        """Seconds until an OPEN circuit half-opens (0 when it is not open)."""
+        if self.state is not CircuitState.OPEN:
+            return 0.0
+        return max(0.0, self.settings.open_timeout_s - (now - self._opened_at))
+
     def current_state(self, now: float | None = None) -> CircuitState:
         """The state, reporting an OPEN circuit whose timeout has elapsed as HALF_OPEN."""
         if self.state is CircuitState.OPEN:
@@ -172,7 +191,8 @@ class CircuitBreaker:
 
 
 class GatewayMonitor:
-    """Health and breaker of every gateway the engine calls, built from the settings."""
+    """Health and breaker of every gateway the engine calls, built from the settings, and the
+    per-segment health windows of each gateway (see :mod:`aegispay.health`)."""
 
     def __init__(
         self,
@@ -188,6 +208,12 @@ class GatewayMonitor:
         self.health: dict[str, GatewayHealth] = {}
         self.breakers: dict[str, CircuitBreaker] = {}
         self.pairs: dict[str, tuple[GatewayHealth, CircuitBreaker]] = {}
+        # gateway -> one table per dimension (SEGMENT_DIMENSIONS order): value -> window
+        self.segments: dict[str, tuple[dict[str, GatewayHealth], ...]] = {}
+        enabled = set(self.settings.segments)
+        self._dimensions = tuple(i for i, d in enumerate(SEGMENT_DIMENSIONS) if d in enabled)
+        self.segments_dropped = 0  # calls not recorded in a segment over max_segments
+        self._registry: Any = None
         for name in names:
             self.add(name)
 
@@ -198,6 +224,7 @@ class GatewayMonitor:
             window_calls=s.window_calls,
             window_s=s.window_s,
             latency_target_ms=s.latency_target_ms,
+            percentile_refresh_s=s.percentile_refresh_s,
             clock=self._now,
         )
         breaker = CircuitBreaker(
@@ -206,21 +233,91 @@ class GatewayMonitor:
         self.health[name] = health
         self.breakers[name] = breaker
         self.pairs[name] = (health, breaker)
+        self.segments[name] = tuple({} for _ in SEGMENT_DIMENSIONS)
         return health, breaker
 
     def _now(self) -> float:
         return self.clock()  # late-bound, so a test can swap ``monitor.clock``
 
-    def snapshot(self) -> dict[str, dict[str, Any]]:
-        """Per gateway: score, success rate, latency percentiles, volume and circuit state."""
+    def metrics_registry(self) -> Any:
+        """This monitor's own ``prometheus_client.CollectorRegistry`` (made on first use; never
+        the global default registry), read at scrape time: see aegispay.metrics."""
+        if self._registry is None:
+            from .metrics import gateway_metrics_registry
+
+            self._registry = gateway_metrics_registry(self)
+        return self._registry
+
+    def record_segments(
+        self,
+        name: str,
+        cls: int,
+        latency_ms: float,
+        now: float,
+        values: tuple[str | None, str | None, str | None],
+    ) -> None:
+        """Record one call in ``name``'s segment windows; ``values`` are the call's currency,
+        payment method and country (None: not known, not recorded). O(1) per dimension.
+
+        At most ``max_segments`` values per dimension and gateway get a window (payment
+        method and country come from callers: memory must not grow with what they send);
+        calls for further values are counted in ``segments_dropped``."""
+        tables = self.segments.get(name)
+        if tables is None:
+            self.add(name)
+            tables = self.segments[name]
+        for i in self._dimensions:
+            value = values[i]
+            if value is None:
+                continue
+            table = tables[i]
+            window = table.get(value)
+            if window is None:
+                if len(table) >= self.settings.max_segments:
+                    self.segments_dropped += 1
+                    continue
+                window = table[value] = self._segment_window(name, i, value)
+            window.record(cls, latency_ms, now)
+
+    def _segment_window(self, name: str, dimension: int, value: str) -> GatewayHealth:
+        s = self.settings
+        return GatewayHealth(
+            f"{name}/{SEGMENT_DIMENSIONS[dimension]}={value}",
+            window_calls=s.segment_window_calls,
+            window_s=s.window_s,
+            latency_target_ms=s.latency_target_ms,
+            percentile_refresh_s=s.percentile_refresh_s,
+            clock=self._now,
+        )
+
+    def segment(self, name: str, dimension: str, value: str) -> GatewayHealth | None:
+        """The window of ``name`` for one segment (``segment("stripe", "currency", "USD")``),
+        None when it has seen no call (or the dimension is off)."""
+        tables = self.segments.get(name)
+        if tables is None or dimension not in SEGMENT_DIMENSIONS:
+            return None
+        return tables[SEGMENT_DIMENSIONS.index(dimension)].get(value)
+
+    def snapshot(self, segments: bool = False) -> dict[str, dict[str, Any]]:
+        """Per gateway: score, success rate, latency percentiles, volume, throughput, calls
+        by class and circuit state; with ``segments``, also ``segments[dimension][value]``
+        holding the same health figures for each segment window."""
         now = self.clock()
         report = {}
         for name in sorted(self.health):
             breaker = self.breakers[name]
-            report[name] = {
+            entry = {
                 **self.health[name].snapshot(now),
                 "circuit": breaker.current_state(now).value,
                 "circuit_opened": breaker.opened,
                 "rejected": breaker.rejected,
             }
+            if segments:
+                tables = self.segments.get(name, ())
+                entry["segments"] = {
+                    dimension: {value: table[value].snapshot(now) for value in sorted(table)}
+                    for dimension, table in zip(SEGMENT_DIMENSIONS, tables, strict=True)
+                    if table
+                }
+            report[name] = entry
         return report

@@ -770,6 +770,9 @@ def outbox_relay(ctx: click.Context, store_url: str | None, once: bool, interval
     click.echo(f"published: {published}")
 
 
+cli.add_command(__import__("aegispay.cli_gateways", fromlist=["gateways"]).gateways)
+
+
 def _add_plugin_commands(argv: list[str]) -> None:
     """Let installed plugins add sub-commands (``aegispay_register_commands``), honouring the
     configuration and the allow / deny lists. A broken plugin or configuration leaves the

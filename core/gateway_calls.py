@@ -54,9 +54,18 @@ class GatewayCaller:
         self.monitor = monitor if monitor is not None else GatewayMonitor(gateways)
 
     async def __call__(
-        self, gateway_name: str, operation: Operation, request: Any, attempt_no: int | None
+        self,
+        gateway_name: str,
+        operation: Operation,
+        request: Any,
+        attempt_no: int | None,
+        country: str | None = None,
     ) -> GatewayResult:
-        """Call ``operation`` on gateway ``gateway_name``; never raises for the gateway."""
+        """Call ``operation`` on gateway ``gateway_name``; never raises for the gateway.
+
+        An authorisation is also recorded in the gateway's segment windows: the request's
+        currency and payment method, and ``country`` (the customer's, when the caller knows
+        it; requests do not carry it)."""
         # A status lookup that could not be made says nothing about the original request:
         # only the gateway's own "no such request" answer may come back as NOT_SENT, because
         # NOT_SENT after a lookup lets the engine route the payment elsewhere.
@@ -118,8 +127,12 @@ class GatewayCaller:
             breaker.release(token)
             raise
         ended = clock()
-        health.record(cls, (ended - began) * 1000, ended)
+        latency_ms = (ended - began) * 1000
+        health.record(cls, latency_ms, ended)
         breaker.record(token, _FAILED[cls], ended)
+        if operation is Operation.AUTHORIZE:
+            values = (request.amount.currency, request.payment_method, country)
+            monitor.record_segments(gateway_name, cls, latency_ms, ended, values)
         if call is not None:
             await self._hooks.after_gateway_call(
                 call, result, (time.perf_counter() - hooked) * 1000

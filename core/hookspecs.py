@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .observe import GatewayCall, OperationRecord
     from .outbox import EventSink
     from .payment import Payment
+    from .plugins.routing_base import Strategy
     from .requests import PaymentRequest
     from .service import PaymentService
     from .settings import PluginConfig
@@ -108,6 +109,23 @@ def aegispay_startup(service: PaymentService) -> Awaitable[None] | None:
 
     The return value is ignored (awaited if it is awaitable). Called once from
     ``async with service:`` before the first payment.
+    """
+
+
+@hookspec
+def aegispay_register_routing_strategies(register: Callable[[type[Strategy]], None]) -> None:
+    """Add routing strategies that ``[plugins.routing] strategy = "<name>"`` can select.
+
+    :param register: call ``register(StrategyClass)`` once per strategy. The class subclasses
+        :class:`aegispay.plugins.routing_base.Strategy`: a unique ``name`` (a clash with a
+        built-in strategy or another plugin's is a ConfigError naming both), an
+        ``__init__(options)`` reading its ``[plugins.routing.<name>]`` table, and
+        ``rank(candidates, payment, context)`` returning a ``Ranking``. Live gateway health is
+        on ``self.monitor`` once the service has started.
+
+    The return value is ignored. Called once, when a service with a configured ``routing``
+    plugin starts (from its ``aegispay_startup``), before the first payment; a strategy so
+    registered can also be an A/B test variant.
     """
 
 

@@ -64,6 +64,15 @@ def _at_least_one(instance: object, attribute: attrs.Attribute[Any], value: int)
         raise ValueError(f"{attribute.name}: must be 1 or more, got {value!r}")
 
 
+def _segment_dimensions(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    known = ("currency", "payment_method", "country")
+    unknown = [v for v in value if v not in known]
+    if unknown or len(set(value)) != len(value):
+        raise ValueError(
+            f"{attribute.name}: expected distinct names from {list(known)}, got {value!r}"
+        )
+
+
 @attrs.frozen
 class BreakerSettings:
     """One gateway's circuit breaker (see docs/architecture.md, "Gateway health and circuit
@@ -102,6 +111,15 @@ class GatewayHealthSettings:
     latency_target_ms: float = attrs.field(default=0.0, validator=_not_negative)
     breaker: BreakerSettings = BreakerSettings()
     overrides: dict[str, BreakerSettings] = attrs.field(factory=dict)
+    # Per-segment windows (authorisations only): which dimensions, each window's call limit
+    # (its time limit is window_s), and at most max_segments values per dimension and gateway.
+    segments: tuple[str, ...] = attrs.field(
+        default=("currency", "payment_method", "country"), validator=_segment_dimensions
+    )
+    segment_window_calls: int = attrs.field(default=200, validator=_at_least_one)
+    max_segments: int = attrs.field(default=64, validator=_not_negative)
+    # How stale a p95 routing may read (recomputing it walks the latency buckets).
+    percentile_refresh_s: float = attrs.field(default=1.0, validator=_not_negative)
 
     def __attrs_post_init__(self) -> None:
         if not self.window_calls and not self.window_s:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import attrs
 from aegispay.decisions import HookContext
 from aegispay.payment import Payment
 
 from .routing_base import Options, Ranking, Strategy, config_error
+
+if TYPE_CHECKING:
+    from aegispay.breaker import GatewayMonitor
 
 
 @attrs.frozen
@@ -87,6 +90,12 @@ class ABTest(Strategy):
             raise config_error(options.path("variants"), "expected at least one variant")
         options.finish()
         self.total = sum(v.weight for v in self.variants)
+
+    def bind(self, monitor: GatewayMonitor) -> None:
+        self.monitor = monitor
+        for variant in self.variants:
+            if variant.strategy is not None:
+                variant.strategy.bind(monitor)
 
     def assign(self, key: str) -> Variant:
         point = bucket(self.experiment or "", key, self.total)

@@ -2,21 +2,27 @@
 
 A strategy is a small class constructed from its options (an :class:`Options` reader) that
 ranks the candidates of one payment. It gets everything a router gets: the candidates (already
-filtered by currency and by the routing rules), the payment, and the hook context (registered
-gateways, clock). A strategy that needs live gateway health reads it from there when it exists.
+filtered by currency, by elimination and by the routing rules), the payment, and the hook
+context (registered gateways, clock). A strategy that needs live gateway health reads it from
+``self.monitor`` (the service's :class:`aegispay.breaker.GatewayMonitor`), which the routing
+plugin hands to :meth:`Strategy.bind` when the service starts; until then it is None and the
+strategy must still decide (every gateway then looks equally healthy).
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 from aegispay.decisions import HookContext
 from aegispay.errors import ConfigError, InvalidMoney
 from aegispay.money import Money, currency_exponent
 from aegispay.payment import Payment
+
+if TYPE_CHECKING:
+    from aegispay.breaker import GatewayMonitor
 
 _MISSING: Any = object()
 
@@ -44,10 +50,16 @@ class Strategy(abc.ABC):
     any state (counters) on the instance."""
 
     name: ClassVar[str]
+    monitor: GatewayMonitor | None = None  # live health and breakers, once bound
 
     @abc.abstractmethod
     def __init__(self, options: Options) -> None:
         """Read the options (``options.finish()`` refuses unknown keys)."""
+
+    def bind(self, monitor: GatewayMonitor) -> None:
+        """Called when the service starts, with its gateway health and breakers. A strategy
+        that holds other strategies passes it on."""
+        self.monitor = monitor
 
     @abc.abstractmethod
     def rank(self, candidates: Sequence[str], payment: Payment, context: HookContext) -> Ranking:
@@ -60,7 +72,12 @@ class Options:
     remembered with their field (``refs``) so they can be checked once gateways are known."""
 
     def __init__(
-        self, data: Any, where: str, refs: list[tuple[str, str]], root: Options | None = None
+        self,
+        data: Any,
+        where: str,
+        refs: list[tuple[str, str]],
+        root: Options | None = None,
+        registry: Mapping[str, type[Strategy]] | None = None,
     ) -> None:
         if not isinstance(data, Mapping):
             raise config_error(where, "expected a table", data)
@@ -68,6 +85,10 @@ class Options:
         self.where = where
         self.refs = refs
         self.root: Options = root or self  # the [plugins.routing] table
+        # The strategies ``strategy = "..."`` may name (kept on the root table).
+        self.registry: Mapping[str, type[Strategy]] = (
+            registry if registry is not None else root.registry if root is not None else {}
+        )
         self._read: set[str] = set()
 
     def path(self, key: str) -> str:
@@ -122,6 +143,33 @@ class Options:
         if value is _MISSING:
             return default
         return check_int(value, self.path(key), minimum)
+
+    def number(
+        self, key: str, default: float, minimum: float = 0.0, maximum: float | None = None
+    ) -> float:
+        """A number (integer or float: a weight, a ratio, milliseconds; never money)."""
+        value = self._get(key)
+        if value is _MISSING:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+            raise config_error(self.path(key), f"expected a number >= {minimum:g}", value)
+        if maximum is not None and value > maximum:
+            raise config_error(self.path(key), f"expected a number <= {maximum:g}", value)
+        return float(value)
+
+    def choice(self, key: str, allowed: Sequence[str]) -> str | None:
+        value = self.string(key)
+        if value is not None and value not in allowed:
+            raise config_error(self.path(key), f"expected one of {list(allowed)}", value)
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self._get(key)
+        if value is _MISSING:
+            return default
+        if not isinstance(value, bool):
+            raise config_error(self.path(key), "expected true or false", value)
+        return value
 
     def table(self, key: str) -> Options | None:
         value = self._get(key)

@@ -23,6 +23,51 @@ class Fee:
         return Money(self.fixed_minor, amount.currency) + amount.percentage(self.basis_points)
 
 
+FeeTable = dict[str, dict[tuple[str, str | None], Fee]]
+
+
+def parse_fees(options: Options, required: bool) -> FeeTable:
+    """The ``fees`` table (see :class:`Cost`), per gateway: (currency, method) -> Fee."""
+    table = options.table("fees")
+    if table is None:
+        if required:
+            raise config_error(options.path("fees"), "required key missing")
+        return {}
+    fees: FeeTable = {}
+    for gateway in list(table.data):
+        table.gateway(gateway, table.path(gateway))
+        entries: dict[tuple[str, str | None], Fee] = {}
+        for entry in table.tables(gateway):
+            currency = entry.string("currency")
+            if currency is None:
+                raise config_error(entry.path("currency"), "required key missing")
+            check_currency(currency, entry.path("currency"))
+            method = entry.string("payment_method")
+            fixed = entry.money("fixed", currency) or 0
+            bps = entry.integer("basis_points", 0) or 0
+            entry.finish()
+            if (currency, method) in entries:
+                raise config_error(entry.where, f"a second fee for {currency} {method or ''}")
+            entries[(currency, method)] = Fee(fixed, bps)
+        fees[gateway] = entries
+    return fees
+
+
+def fee_minor(fees: FeeTable, gateway: str, payment: Payment) -> int | None:
+    """``gateway``'s fee for ``payment`` in minor units of its currency (None: no fee), with
+    Money's rounding (half up) but no Money objects: routing computes this per candidate."""
+    entries = fees.get(gateway)
+    if not entries:
+        return None
+    amount = payment.amount
+    fee = entries.get((amount.currency, payment.payment_method)) or entries.get(
+        (amount.currency, None)
+    )
+    if fee is None:
+        return None
+    return fee.fixed_minor + (amount.minor * fee.basis_points + 5000) // 10000
+
+
 class Cost(Strategy):
     """``strategy = "cost"``: the gateway with the lowest fee for this payment first.
 
@@ -48,26 +93,7 @@ class Cost(Strategy):
     name: ClassVar[str] = "cost"
 
     def __init__(self, options: Options) -> None:
-        table = options.table("fees")
-        if table is None:
-            raise config_error(options.path("fees"), "required key missing")
-        self.fees: dict[str, dict[tuple[str, str | None], Fee]] = {}
-        for gateway in list(table.data):
-            table.gateway(gateway, table.path(gateway))
-            entries: dict[tuple[str, str | None], Fee] = {}
-            for entry in table.tables(gateway):
-                currency = entry.string("currency")
-                if currency is None:
-                    raise config_error(entry.path("currency"), "required key missing")
-                check_currency(currency, entry.path("currency"))
-                method = entry.string("payment_method")
-                fixed = entry.money("fixed", currency) or 0
-                bps = entry.integer("basis_points", 0) or 0
-                entry.finish()
-                if (currency, method) in entries:
-                    raise config_error(entry.where, f"a second fee for {currency} {method or ''}")
-                entries[(currency, method)] = Fee(fixed, bps)
-            self.fees[gateway] = entries
+        self.fees = parse_fees(options, required=True)
         options.finish()
 
     def fee(self, gateway: str, payment: Payment) -> Money | None:

@@ -331,3 +331,90 @@ async def test_declines_do_not_open_the_circuit_in_the_engine() -> None:
         assert health["score"] == 1.0
         assert health["by_class"]["declined"] == 20
         assert authorizations(backup) == 0
+
+
+# --- probes, segments, and the caller feeding them -------------------------------------------
+
+
+def test_wants_probe_and_reopens_in() -> None:
+    rig = Rig(failure_threshold=1, open_timeout_s=10.0, half_open_max_probes=1)
+    breaker = rig.breaker
+    assert not breaker.wants_probe(rig.clock.now)  # closed: an ordinary call, not a probe
+    assert breaker.reopens_in(rig.clock.now) == 0.0
+    breaker.record(breaker.allow(), failed=True)
+    assert breaker.state is OPEN
+    assert breaker.reopens_in(rig.clock.now + 4) == 6.0
+    assert not breaker.wants_probe(rig.clock.now + 9.9)
+    assert breaker.wants_probe(rig.clock.now + 10)
+    rig.clock.now += 10
+    token = breaker.allow()  # the probe: half-open, its only slot taken
+    assert breaker.state is HALF_OPEN
+    assert not breaker.wants_probe(rig.clock.now)
+    breaker.release(token)
+    assert breaker.wants_probe(rig.clock.now)
+    disabled = Rig(enabled=False)
+    assert not disabled.breaker.wants_probe(disabled.clock.now)
+
+
+def test_monitor_records_segments_and_bounds_their_number() -> None:
+    clock = FakeClock()
+    settings = GatewayHealthSettings(
+        segments=("currency", "country"), segment_window_calls=3, max_segments=2
+    )
+    monitor = GatewayMonitor(["a"], settings, clock=clock, on_change=None)
+    for currency in ("USD", "USD", "EUR", "JPY"):
+        monitor.record_segments("a", CallClass.SUCCESS, 5.0, clock.now, (currency, "card", "DE"))
+    monitor.record_segments("a", CallClass.NOT_SENT, 5.0, clock.now, ("USD", "card", None))
+    usd = monitor.segment("a", "currency", "USD")
+    assert usd is not None and usd.counts[CallClass.SUCCESS] == 2 and usd.failures == 1
+    assert monitor.segment("a", "currency", "JPY") is None  # a third currency: over the bound
+    assert monitor.segments_dropped == 1
+    assert monitor.segment("a", "payment_method", "card") is None  # dimension switched off
+    assert monitor.segment("a", "country", "DE").volume == 3  # type: ignore[union-attr]
+    for _ in range(3):  # the segment window holds segment_window_calls calls
+        monitor.record_segments("a", CallClass.SUCCESS, 5.0, clock.now, ("USD", None, None))
+    assert usd.volume == 3 and usd.failures == 0
+    report = monitor.snapshot(segments=True)["a"]["segments"]
+    assert set(report) == {"currency", "country"}
+    assert report["currency"]["USD"]["volume"] == 3
+    assert "segments" not in monitor.snapshot()["a"]
+    monitor.record_segments("new", CallClass.SUCCESS, 5.0, clock.now, ("USD", None, None))
+    assert "new" in monitor.health  # a gateway seen first here gets its windows
+
+
+@pytestmark_engine
+async def test_the_caller_records_authorisations_by_segment() -> None:
+    gateway = ScriptedGateway(
+        "g", script={Operation.AUTHORIZE: [Outcome.SUCCEEDED, Outcome.DECLINED, Outcome.UNKNOWN]}
+    )
+    service: PaymentService = make_test_service(gateways=[gateway])
+    async with service:
+        for method in ("card", "card", "upi"):
+            await service.pay(PaymentRequest(Money(700, "EUR"), payment_method=method))
+    monitor = service.gateway_monitor
+    eur = monitor.segment("g", "currency", "EUR")
+    assert eur is not None
+    assert eur.counts[CallClass.SUCCESS] == 1
+    assert eur.counts[CallClass.DECLINED] == 1
+    upi = monitor.segment("g", "payment_method", "upi")
+    assert upi is not None and upi.failures == 1
+    # The UNKNOWN was settled by status lookups: recorded in the gateway's window only.
+    gateway_window = monitor.health["g"]
+    assert gateway_window.total > eur.total
+    assert monitor.segments["g"][2] == {}  # no country: requests do not carry it (see caller)
+
+
+@pytestmark_engine
+async def test_the_caller_takes_the_country_when_given() -> None:
+    from aegispay.gateway_calls import GatewayCaller
+    from aegispay.gateways import AuthorizeRequest
+    from aegispay.hooks import Hooks
+    from aegispay.pluginmanager import PluginHost
+
+    gateway = ScriptedGateway("g")
+    caller = GatewayCaller({"g": gateway}, Hooks(PluginHost().pm), 5.0)
+    request = AuthorizeRequest("pay_1", 1, "pay_1-1", Money(100, "USD"), True, None, "card")
+    result = await caller("g", Operation.AUTHORIZE, request, 1, country="FR")
+    assert result.outcome is Outcome.SUCCEEDED
+    assert caller.monitor.segment("g", "country", "FR") is not None
+    assert caller.monitor.segment("g", "payment_method", "card") is not None

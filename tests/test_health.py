@@ -6,6 +6,8 @@ import pytest
 from aegispay.errors import ConfigError
 from aegispay.health import CallClass, GatewayHealth
 from aegispay.settings import BreakerSettings, GatewayHealthSettings, settings_from_dict
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 C = CallClass
 
@@ -199,3 +201,131 @@ def attrs_without_overrides(settings: GatewayHealthSettings) -> GatewayHealthSet
     import attrs
 
     return attrs.evolve(settings, overrides={})
+
+
+# --- windows kept in O(1) agree with a recount; rates, throughput, lifetime counters ----------
+
+
+def _recount(calls: list[tuple[float, int, float]], now: float, n: int, t: float) -> list[int]:
+    """Brute force: the calls a (last n, newer than now - t) window holds, by class."""
+    kept = [c for c in calls if not t or c[0] > now - t]
+    kept = kept[-n:] if n else kept
+    counts = [0] * len(CallClass)
+    for _, cls, _ in kept:
+        counts[cls] += 1
+    return counts
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.floats(min_value=0.0, max_value=3.0),
+            st.sampled_from(list(CallClass)),
+            st.floats(min_value=0.0, max_value=5000.0),
+        ),
+        max_size=120,
+    ),
+    n=st.integers(min_value=0, max_value=30),
+    t=st.sampled_from([0.0, 2.5, 10.0]),
+)
+def test_running_counters_match_a_recount(
+    steps: list[tuple[float, CallClass, float]], n: int, t: float
+) -> None:
+    if not n and not t:
+        n = 5
+    clock = FakeClock()
+    h = GatewayHealth("g", window_calls=n, window_s=t, clock=clock)
+    calls: list[tuple[float, int, float]] = []
+    for gap, cls, latency in steps:
+        clock.now += gap
+        h.record(cls, latency)
+        calls.append((clock.now, cls, latency))
+        h.refresh()
+        expected = _recount(calls, clock.now, n, t)
+        assert h.counts == expected
+        assert h.failures == sum(expected[c] for c in (C.NOT_SENT, C.UNKNOWN, C.TIMEOUT))
+        assert h.volume == sum(expected)
+        assert sum(h._latency.values()) == h.volume  # the histogram follows the window
+    assert h.total == len(steps)
+    assert h.lifetime == [sum(1 for _, c, _ in steps if c == k) for k in CallClass]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(min_value=0.0, max_value=10_000.0), min_size=1, max_size=200))
+def test_window_percentiles_match_a_histogram_of_the_same_calls(latencies: list[float]) -> None:
+    from aegispay.metrics import LatencyHistogram
+
+    h = health(window_calls=500)
+    reference = LatencyHistogram()
+    for ms in latencies:
+        h.record(C.SUCCESS, ms)
+        reference.record_ms(ms)
+    for p in (50, 95, 99):
+        assert h.percentile_ms(p) == reference.percentile_ms(p)
+        # ~1.6 % relative error (bucket lower bound), and never above the true value + 1 us
+        exact = sorted(latencies)[max(1, round(len(latencies) * p / 100)) - 1]
+        assert h.percentile_ms(p) <= exact + 0.001
+        assert h.percentile_ms(p) >= exact * (1 - 1 / 64) - 0.001
+    assert h.percentiles_ms([99, 50]) == [h.percentile_ms(99), h.percentile_ms(50)]
+
+
+def test_class_rates_throughput_and_lifetime_latency() -> None:
+    clock = FakeClock()
+    h = GatewayHealth("g", window_calls=100, window_s=0, clock=clock)
+    for cls in [C.SUCCESS] * 6 + [C.DECLINED] * 2 + [C.NOT_SENT, C.TIMEOUT]:
+        clock.now += 0.5
+        h.record(cls, 10.0)
+    rates = h.class_rates()
+    assert rates == {
+        "success": 0.6,
+        "declined": 0.2,
+        "not_sent": 0.1,
+        "unknown": 0.0,
+        "timeout": 0.1,
+    }
+    assert h.throughput() == pytest.approx(9 / 4.5)  # 10 calls over 4.5 s: 9 intervals
+    assert h.latency_sum_ms == 100.0
+    snap = h.snapshot()
+    assert snap["throughput_per_s"] == 2.0
+    assert snap["class_rates"]["declined"] == 0.2
+    assert health().throughput() == 0.0
+
+
+def test_score_formula_documented_example() -> None:
+    # The module docstring's example: 8 successes, 2 timeouts, declines -> 0.8; with a
+    # 100 ms target and a p95 of 400 ms -> 0.2.
+    h = health(window_calls=100, latency_target_ms=100.0)
+    for _ in range(8):
+        h.record(C.SUCCESS, 400.0)
+    for _ in range(2):
+        h.record(C.TIMEOUT, 400.0)
+    for _ in range(30):
+        h.record(C.DECLINED, 400.0)
+    p95 = h.percentile_ms(95)
+    assert 390.0 < p95 <= 400.0
+    assert h.availability() == 0.8
+    assert h.score() == pytest.approx(0.8 * 100.0 / p95)
+    assert h.fast_score(h.clock()) == h.score()
+
+
+def test_cached_p95_is_refreshed_after_percentile_refresh_s() -> None:
+    clock = FakeClock()
+    h = GatewayHealth("g", window_calls=100, window_s=0, percentile_refresh_s=1.0, clock=clock)
+    h.record(C.SUCCESS, 10.0)
+    first = h.p95_ms(clock.now)
+    for _ in range(50):
+        h.record(C.SUCCESS, 500.0)
+    assert h.p95_ms(clock.now + 0.99) == first
+    assert h.p95_ms(clock.now + 1.0) == h.percentile_ms(95) > first
+    h.clear()
+    assert h.p95_ms(clock.now + 1.0) == 0.0  # clear drops the cache too
+
+
+def test_segment_settings_are_validated() -> None:
+    gh = settings_from_dict({"engine": {"gateway_health": {"segments": ["currency"]}}})
+    assert gh.engine.gateway_health.segments == ("currency",)
+    with pytest.raises(ConfigError, match="segments"):
+        settings_from_dict({"engine": {"gateway_health": {"segments": ["planet"]}}})
+    with pytest.raises(ConfigError, match="segment_window_calls"):
+        settings_from_dict({"engine": {"gateway_health": {"segment_window_calls": 0}}})

@@ -366,7 +366,6 @@ def test_rules_that_leave_nothing_give_an_empty_decision() -> None:
 @pytest.mark.parametrize(
     ("config", "field"),
     [
-        ({"strategy": "fastest"}, "plugins.routing.strategy"),
         ({"strategy": 3}, "plugins.routing.strategy"),
         ({"strategee": "cost"}, "plugins.routing"),
         ({"strategy": "weighted"}, "plugins.routing.weighted.weights"),
