@@ -43,6 +43,7 @@ class GatewayResult:
 
     ``reference`` is the gateway's own id for the payment (PaymentIntent id, order id...).
     ``captured`` says whether an authorize (or a status lookup of one) also captured the funds.
+    ``retry_after_s`` carries a rate-limit answer's Retry-After (the outcome is then NOT_SENT).
     ``retryable_elsewhere`` marks a DECLINED that is specific to this gateway (e.g. currency not
     enabled on the account), so routing may try the next gateway; a bank's decline is not.
     """
@@ -54,6 +55,8 @@ class GatewayResult:
     message: str = ""
     next_action: Mapping[str, str] | None = None
     retryable_elsewhere: bool = False
+    # Seconds the gateway asked us to wait (HTTP 429 Retry-After); set with outcome NOT_SENT.
+    retry_after_s: float | None = None
 
 
 @attrs.frozen
@@ -150,3 +153,37 @@ class GatewayNotSent(Exception):
 def supports_currency(gateway: Gateway, currency: str) -> bool:
     currencies = gateway.supported_currencies
     return currencies is None or currency in currencies
+
+
+@attrs.frozen
+class GatewayCapabilities:
+    """What a gateway can do, so callers (and the conformance suite) only ask for what exists.
+
+    ``currencies`` None means every currency; ``methods`` are payment method families
+    ("card", "upi", "paypal"...). ``idempotent_create`` says the gateway dedupes a repeated
+    create by our idempotency key; ``authoritative_status`` says ``get_status`` can answer
+    NOT_SENT ("no record of that key") rather than only UNKNOWN.
+    """
+
+    currencies: frozenset[str] | None = None
+    methods: frozenset[str] = frozenset({"card"})
+    manual_capture: bool = False
+    partial_capture: bool = False
+    partial_refund: bool = False
+    idempotent_create: bool = False
+    authoritative_status: bool = False
+    webhooks: bool = False
+
+
+def capabilities_of(gateway: Gateway) -> GatewayCapabilities:
+    """The gateway's ``capabilities`` attribute, or a conservative default built from what every
+    Gateway declares (its currencies) that claims nothing optional."""
+    declared = getattr(gateway, "capabilities", None)
+    if isinstance(declared, GatewayCapabilities):
+        return declared
+    if declared is not None:
+        raise TypeError(
+            f"gateway {getattr(gateway, 'name', gateway)!r}: capabilities must be a "
+            f"GatewayCapabilities, not {type(declared).__name__}"
+        )
+    return GatewayCapabilities(currencies=getattr(gateway, "supported_currencies", None))

@@ -114,6 +114,14 @@ class PluginHost:
         )
         return instance
 
+    def unregister(self, name: str) -> None:
+        """Remove the plugin registered as ``name`` (its hooks stop being called, the name is
+        free again). Unknown names are ignored, so teardown code may call it unconditionally."""
+        instance = self.pm.get_plugin(name)
+        if instance is not None:
+            self.pm.unregister(instance)
+        self._infos.pop(name, None)
+
     def load_builtins(self, entries: Iterable[tuple[str, Any]]) -> None:
         """Register built-in plugins (name, object) in order; a failure here is a bug: raise."""
         from importlib.metadata import version as dist_version

@@ -72,6 +72,7 @@ from .store.base import (
     RecoveryPoint,
     is_unsettled,
 )
+from .webhooks import WebhookResult, handle_webhook
 
 log = logging.getLogger("aegispay.service")
 S = PaymentState
@@ -742,6 +743,12 @@ class PaymentService(PostAuthorizationOperations):
         if payment.unresolved_attempt is not None:
             return await self._resolve(payment, lease)
         return payment
+
+    async def handle_webhook(
+        self, gateway_name: str, headers: Mapping[str, str], raw_body: bytes
+    ) -> WebhookResult:
+        """Verify, dedupe and apply one gateway webhook (see :mod:`aegispay.webhooks`)."""
+        return await handle_webhook(self, gateway_name, headers, raw_body)
 
     async def reconcile(self, older_than_s: float = 60.0) -> ReconcileReport:
         """Settle every payment left open (PROCESSING, REQUIRES_ACTION, or with a pending

@@ -6,19 +6,30 @@ aegispay installed these fixtures are available:
 * ``aegispay_service`` - a factory: ``aegispay_service(plugins=[MyPlugin()], gateways=[...])``
   builds an in-memory service with no entry points loaded (tests stay hermetic).
 * ``scripted_gateway`` - a factory for :class:`ScriptedGateway`.
+* ``fake_clock`` - a :class:`FakeClock` (a service ``clock=`` that moves only when told).
+* ``register_plugin`` - ``register_plugin(service, MyPlugin())`` registers a plugin on a built
+  service's plugin manager for the test; it is unregistered on teardown.
+* ``hook_recorder`` - ``hook_recorder(service)`` returns a :class:`HookRecorder` that records
+  every runtime hook call (validation, fraud, routing, gateway calls, operations, events).
+
+For gateway adapters, :mod:`aegispay.gateway_conformance` holds the conformance suite and
+:mod:`aegispay.fake_server` the loopback HTTP server for fakes (both imported only when used).
 
 Importing this module imports nothing heavy, so it costs other projects' test runs nothing.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import attrs
 import pytest
 
+from . import hookspecs
 from .gateways import (
     AuthorizeRequest,
     CaptureRequest,
@@ -230,3 +241,162 @@ def aegispay_service() -> Callable[..., Any]:
 def scripted_gateway() -> Callable[..., ScriptedGateway]:
     """Factory fixture: ``scripted_gateway("name", script={Operation.AUTHORIZE: [...]})``."""
     return ScriptedGateway
+
+
+# -- time ------------------------------------------------------------------------------------
+
+
+class FakeClock:
+    """A clock for ``build_service(clock=...)`` / ``aegispay_service(clock=...)``: it returns
+    the same aware UTC time until :meth:`advance` or :meth:`set` moves it."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime(2024, 1, 1, tzinfo=UTC)
+        self._check(self.now)
+
+    @staticmethod
+    def _check(value: datetime) -> None:
+        if value.tzinfo is None:
+            raise ValueError(f"FakeClock: {value!r} has no time zone; use an aware datetime")
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float = 0.0, **delta: float) -> datetime:
+        """Move forward by ``seconds`` (and/or timedelta keywords: minutes=, hours=, days=)."""
+        step = timedelta(seconds=seconds, **delta)
+        if step < timedelta(0):
+            raise ValueError(f"FakeClock: cannot go back in time ({step})")
+        self.now += step
+        return self.now
+
+    def set(self, value: datetime) -> None:
+        self._check(value)
+        self.now = value
+
+
+@pytest.fixture
+def fake_clock() -> FakeClock:
+    """A :class:`FakeClock` at 2024-01-01T00:00Z."""
+    return FakeClock()
+
+
+# -- plugins on a built service ----------------------------------------------------------------
+
+
+def _host_of(target: Any) -> Any:
+    """The PluginHost of a service (or the host itself)."""
+    return getattr(target, "host", target)
+
+
+def _refresh(target: Any) -> None:
+    hooks = getattr(target, "hooks", None)
+    if hooks is not None:
+        hooks.refresh()
+
+
+@pytest.fixture
+def register_plugin() -> Iterator[Callable[..., Any]]:
+    """``register_plugin(service, plugin, name=None)``: register ``plugin`` on a built service
+    (or a PluginHost) for this test; unregistered on teardown. Returns the registered object.
+
+    Runtime hooks (validation, fraud, routing, observers, events) take effect at once.
+    Registration hooks (gateways, event sinks, event types) are collected when a service is
+    built: pass such plugins to ``aegispay_service(plugins=[...])`` instead.
+    """
+    registered: list[tuple[Any, Any, str]] = []
+
+    def register(target: Any, plugin: Any, name: str | None = None) -> Any:
+        host = _host_of(target)
+        name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
+        instance = host.register(plugin, name)
+        registered.append((target, instance, name))
+        _refresh(target)
+        return instance
+
+    yield register
+    for target, _instance, name in reversed(registered):
+        _host_of(target).unregister(name)
+        _refresh(target)
+
+
+# -- recording hook calls ------------------------------------------------------------------------
+
+#: The hooks called while payments are processed (not the registration hooks).
+RUNTIME_HOOKS = (
+    "aegispay_startup",
+    "aegispay_validate_payment",
+    "aegispay_check_fraud",
+    "aegispay_select_gateway",
+    "aegispay_before_gateway_call",
+    "aegispay_after_gateway_call",
+    "aegispay_operation_finished",
+    "aegispay_on_event",
+)
+
+
+@attrs.frozen
+class HookCall:
+    hook: str
+    arguments: Mapping[str, Any]
+
+
+class HookRecorder:
+    """A plugin implementing runtime hooks that only records its calls, in order.
+
+    It runs first (``tryfirst``) and returns None, so it never changes a decision: a routing
+    hook still gets to choose, validators and fraud checks still decide.
+    """
+
+    def __init__(self, hooks: Iterable[str] = RUNTIME_HOOKS) -> None:
+        self.calls: list[HookCall] = []
+        for hook in hooks:
+            spec = getattr(hookspecs, hook, None)
+            if spec is None or not hook.startswith("aegispay_"):
+                raise ValueError(f"hook_recorder: {hook!r} is not an AegisPay hook")
+            setattr(self, hook, hookimpl(tryfirst=True)(self._recording(hook, spec)))
+
+    def _recording(self, hook: str, spec: Any) -> Callable[..., None]:
+        names = tuple(inspect.signature(spec).parameters)
+        assert all(name.isidentifier() for name in names), names
+        calls = self.calls
+
+        def record(arguments: tuple[Any, ...]) -> None:
+            calls.append(HookCall(hook, dict(zip(names, arguments, strict=True))))
+
+        # pluggy (and the engine's direct calls) pass arguments by the implementation's own
+        # parameter names, read from its code object: so build a function with exactly the
+        # spec's parameters. The names are the hookspec's identifiers, never user input.
+        namespace: dict[str, Any] = {"_record": record}
+        params = ", ".join(names)
+        exec(f"def {hook}({params}):\n    _record(({params}{',' if names else ''}))", namespace)
+        function: Callable[..., None] = namespace[hook]
+        return function
+
+    def names(self) -> list[str]:
+        """The hooks called, in order, without the ``aegispay_`` prefix."""
+        return [call.hook.removeprefix("aegispay_") for call in self.calls]
+
+    def of(self, hook: str) -> list[Mapping[str, Any]]:
+        """The arguments of every call of ``hook`` (with or without the prefix)."""
+        full = hook if hook.startswith("aegispay_") else f"aegispay_{hook}"
+        return [call.arguments for call in self.calls if call.hook == full]
+
+    def clear(self) -> None:
+        self.calls.clear()
+
+
+@pytest.fixture
+def hook_recorder(register_plugin: Callable[..., Any]) -> Callable[..., HookRecorder]:
+    """``hook_recorder(service, hooks=RUNTIME_HOOKS)``: a :class:`HookRecorder` registered on
+    ``service`` for this test."""
+    count = 0
+
+    def attach(target: Any, hooks: Iterable[str] = RUNTIME_HOOKS) -> HookRecorder:
+        nonlocal count
+        count += 1
+        recorder = HookRecorder(hooks)
+        register_plugin(target, recorder, f"aegispay-hook-recorder-{count}")
+        return recorder
+
+    return attach

@@ -19,21 +19,35 @@ Configuration (``[plugins.simulated_gateways]``)::
     requires_action_rate = 0.0
     fixed_fee_minor = 30
     fee_bps = 290
+    webhook_secret = "whsec_..."   # optional: the gateway then verifies signed webhooks
+
+Each gateway also has an in-process control for tests (:meth:`SimulatedGateway.control`,
+implementing :class:`aegispay.gateway_conformance.FakeGatewayControl`): force the next decline
+or customer action, inject the transport faults of :class:`aegispay.fake_server.Fault` (mapped to
+what the adapter would report: no HTTP is involved), and sign webhooks as the gateway would.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
-from collections.abc import Callable, Mapping
+import hmac
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import anyio
 import attrs
+from aegispay.errors import InvalidInput
+from aegispay.fake_server import Fault
 from aegispay.gateways import (
     AuthorizeRequest,
     CaptureRequest,
     FeeModel,
     Gateway,
+    GatewayCapabilities,
     GatewayResult,
     Outcome,
     RefundRequest,
@@ -41,8 +55,9 @@ from aegispay.gateways import (
     VoidRequest,
 )
 from aegispay.hookspecs import hookimpl
-from aegispay.money import known_currencies
+from aegispay.money import Money, known_currencies
 from aegispay.settings import PluginConfig, structure_config
+from aegispay.webhooks import WebhookKind, WebhookSignatureError, WebhookUpdate
 
 
 def _rate(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -61,6 +76,7 @@ class SimulatedGatewayConfig:
     requires_action_rate: float = attrs.field(default=0.0, validator=_rate)
     fixed_fee_minor: int = 30
     fee_bps: int = 290
+    webhook_secret: str | None = attrs.field(default=None, repr=False)
 
     def __attrs_post_init__(self) -> None:
         total = self.decline_rate + self.not_sent_rate + self.unknown_rate
@@ -101,6 +117,8 @@ class Charge:
     captured_minor: int = 0
     refunded_minor: int = 0
     voided: bool = False
+    currency: str = ""
+    wants_capture: bool = False  # what the authorize asked, applied when an action completes
 
 
 @attrs.define
@@ -110,6 +128,7 @@ class Ledger:
     charges: dict[str, Charge] = attrs.field(factory=dict)  # by reference
     by_payment: dict[str, list[str]] = attrs.field(factory=dict)
     answers: dict[tuple[str, str], GatewayResult] = attrs.field(factory=dict)
+    fingerprints: dict[tuple[str, str], str] = attrs.field(factory=dict)
     unknown_keys: set[str] = attrs.field(factory=set)
     status_lookups: int = 0
     gateway_time_ms: dict[str, float] = attrs.field(factory=dict)
@@ -135,19 +154,106 @@ def _unit(*parts: object) -> float:
 _DECLINES = ("card_declined", "insufficient_funds", "do_not_honor", "expired_card")
 
 
+#: How old a signed webhook may be (seconds), as Stripe's default tolerance.
+WEBHOOK_TOLERANCE_S = 300
+_SIGNATURE_HEADER = "sim-signature"
+# The "HTTP method and path" of each call, so injected faults can target calls as on a real fake.
+_ROUTES = {
+    "authorize": ("POST", "/authorize"),
+    "capture": ("POST", "/capture"),
+    "void": ("POST", "/void"),
+    "refund": ("POST", "/refund"),
+    "status": ("GET", "/status"),
+}
+
+
+@attrs.define
+class _FaultRule:
+    fault: Fault
+    remaining: int
+    method: str | None
+    path_prefix: str
+    latency_s: float
+    retry_after_s: int
+
+
 class SimulatedGateway:
-    """One simulated processor. Reads no secrets, speaks to nothing outside the process."""
+    """One simulated processor. Speaks to nothing outside the process; its only secret (the
+    optional webhook secret) never reaches its repr."""
 
     def __init__(
-        self, config: SimulatedGatewayConfig, ledger: Ledger, seed: int, latency_ms: float
+        self,
+        config: SimulatedGatewayConfig,
+        ledger: Ledger,
+        seed: int,
+        latency_ms: float,
+        *,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.name = config.name
         self.supported_currencies = frozenset(config.currencies) if config.currencies else None
         self.fees = FeeModel(config.fixed_fee_minor, config.fee_bps)
+        self.capabilities = GatewayCapabilities(
+            currencies=self.supported_currencies,
+            methods=frozenset({"card"}),
+            manual_capture=True,
+            partial_capture=True,
+            partial_refund=True,
+            idempotent_create=True,
+            authoritative_status=True,
+            webhooks=config.webhook_secret is not None,
+        )
         self.config = config
         self.ledger = ledger
         self._seed = seed
         self._latency_ms = latency_ms
+        self._clock = clock
+        # Test controls (see SimulatedGatewayControl): forced authorize outcomes, faults, closed.
+        self._forced: collections.deque[tuple[Outcome, str | None]] = collections.deque()
+        self._faults: list[_FaultRule] = []
+        self._closed = False
+
+    def control(self) -> SimulatedGatewayControl:
+        """The in-process test control of this gateway (a FakeGatewayControl)."""
+        return SimulatedGatewayControl(self)
+
+    async def _faulty(
+        self, route: str, call: Callable[[], Awaitable[GatewayResult]]
+    ) -> GatewayResult:
+        """Run ``call`` through the injected faults, reporting what an HTTP adapter would."""
+        if self._closed:
+            return GatewayResult(Outcome.NOT_SENT, message="connection refused (simulated)")
+        rule = self._take_fault(route) if self._faults else None
+        fault = rule.fault if rule else None
+        if fault is Fault.RATE_LIMITED:
+            assert rule is not None
+            return GatewayResult(
+                Outcome.NOT_SENT,
+                message="rate limited (simulated 429)",
+                retry_after_s=float(rule.retry_after_s),
+            )
+        if fault in (Fault.ERROR_500, Fault.DROP_BEFORE_PROCESSING):
+            return GatewayResult(Outcome.UNKNOWN, message=f"{fault.value} (simulated)")
+        if fault is Fault.LATENCY:
+            assert rule is not None
+            await anyio.sleep(rule.latency_s)
+        result = await call()
+        if fault in (Fault.DROP_AFTER_PROCESSING, Fault.TIMEOUT_AFTER_PROCESSING):
+            return GatewayResult(Outcome.UNKNOWN, message=f"{fault.value} (simulated)")
+        return result
+
+    def _take_fault(self, route: str) -> _FaultRule | None:
+        method, path = _ROUTES[route]
+        for rule in self._faults:
+            if rule.method is not None and rule.method.upper() != method:
+                continue
+            if not path.startswith(rule.path_prefix):
+                continue
+            rule.remaining -= 1
+            if rule.remaining == 0:
+                self._faults.remove(rule)
+            return rule
+        return None
 
     def __repr__(self) -> str:
         return f"SimulatedGateway({self.name!r})"
@@ -175,19 +281,36 @@ class SimulatedGateway:
         return Outcome.SUCCEEDED
 
     async def authorize(self, request: AuthorizeRequest) -> GatewayResult:
+        if self._closed or self._faults:
+            return await self._faulty("authorize", lambda: self._authorize(request))
+        return await self._authorize(request)
+
+    async def _authorize(self, request: AuthorizeRequest) -> GatewayResult:
         key = request.idempotency_key
         previous = self.ledger.answers.get((self.name, key))
         if previous is not None:  # idempotent replay, as real gateways do
+            if self.ledger.fingerprints.get((self.name, key)) != _fingerprint(request):
+                return GatewayResult(
+                    Outcome.DECLINED,
+                    decline_code="idempotency_key_reused",
+                    message=f"key {key!r} was used with a different request",
+                )
             return previous
         # Draw by the merchant's reference when there is one, so a seeded run is reproducible
         # even though payment ids are random.
         draw_key = f"{request.reference}#{request.attempt_no}" if request.reference else key
         await self._delay(request.payment_id, draw_key)
-        outcome = self._draw(draw_key)
+        forced_code: str | None = None
+        if self._forced:
+            outcome, forced_code = self._forced.popleft()
+        else:
+            outcome = self._draw(draw_key)
         if outcome is Outcome.NOT_SENT:
             return GatewayResult(Outcome.NOT_SENT, message="connection refused (simulated)")
         if outcome is Outcome.DECLINED:
-            code = _DECLINES[int(_unit(self._seed, "code", draw_key) * len(_DECLINES))]
+            code = (
+                forced_code or _DECLINES[int(_unit(self._seed, "code", draw_key) * len(_DECLINES))]
+            )
             result = GatewayResult(
                 Outcome.DECLINED, decline_code=code, message="declined (simulated)"
             )
@@ -205,6 +328,7 @@ class SimulatedGateway:
             reference = self._charge(request, captured=request.capture)
             result = GatewayResult(Outcome.SUCCEEDED, reference=reference, captured=request.capture)
         self.ledger.answers[(self.name, key)] = result
+        self.ledger.fingerprints[(self.name, key)] = _fingerprint(request)
         if outcome is Outcome.UNKNOWN:
             # Processed (or not, half the time) but the answer is lost on the way back.
             if _unit(self._seed, "lost", draw_key) < 0.5:
@@ -224,6 +348,8 @@ class SimulatedGateway:
             reference,
             amount,
             captured_minor=amount if captured else 0,
+            currency=request.amount.currency,
+            wants_capture=request.capture,
         )
         self.ledger.by_payment.setdefault(request.payment_id, []).append(reference)
         return reference
@@ -238,6 +364,11 @@ class SimulatedGateway:
         return self.ledger.charges.get(reference) if reference else None
 
     async def capture(self, request: CaptureRequest) -> GatewayResult:
+        if self._closed or self._faults:
+            return await self._faulty("capture", lambda: self._capture(request))
+        return await self._capture(request)
+
+    async def _capture(self, request: CaptureRequest) -> GatewayResult:
         await self._delay(request.payment_id, request.idempotency_key)
         charge = self._find(request.gateway_reference)
         if charge is None or charge.voided:
@@ -250,6 +381,11 @@ class SimulatedGateway:
         return GatewayResult(Outcome.SUCCEEDED, reference=charge.reference, captured=True)
 
     async def void(self, request: VoidRequest) -> GatewayResult:
+        if self._closed or self._faults:
+            return await self._faulty("void", lambda: self._void(request))
+        return await self._void(request)
+
+    async def _void(self, request: VoidRequest) -> GatewayResult:
         await self._delay(request.payment_id, request.idempotency_key)
         charge = self._find(request.gateway_reference)
         if charge is None:
@@ -260,6 +396,11 @@ class SimulatedGateway:
         return GatewayResult(Outcome.SUCCEEDED, reference=charge.reference)
 
     async def refund(self, request: RefundRequest) -> GatewayResult:
+        if self._closed or self._faults:
+            return await self._faulty("refund", lambda: self._refund(request))
+        return await self._refund(request)
+
+    async def _refund(self, request: RefundRequest) -> GatewayResult:
         previous = self.ledger.answers.get((self.name, request.idempotency_key))
         if previous is not None:
             return previous
@@ -277,6 +418,11 @@ class SimulatedGateway:
         return result
 
     async def get_status(self, request: StatusRequest) -> GatewayResult:
+        if self._closed or self._faults:
+            return await self._faulty("status", lambda: self._get_status(request))
+        return await self._get_status(request)
+
+    async def _get_status(self, request: StatusRequest) -> GatewayResult:
         self.ledger.status_lookups += 1
         answer = self.ledger.answers.get((self.name, request.idempotency_key))
         if answer is None:
@@ -288,6 +434,158 @@ class SimulatedGateway:
                 Outcome.SUCCEEDED, reference=charge.reference, captured=bool(charge.captured_minor)
             )
         return answer
+
+    # -- webhooks ------------------------------------------------------------------------------
+
+    async def parse_webhook(self, headers: Mapping[str, str], raw_body: bytes) -> WebhookUpdate:
+        """Verify a webhook signed as :meth:`SimulatedGatewayControl.signed_webhook` signs it:
+        ``sim-signature: t=<unix time>,v1=<hex HMAC-SHA256 of "<t>." + body>``."""
+        secret = self.config.webhook_secret
+        if secret is None:
+            raise WebhookSignatureError(f"{self.name}: no webhook secret is configured")
+        header = headers.get(_SIGNATURE_HEADER)
+        if not header:
+            raise WebhookSignatureError(f"{self.name}: missing {_SIGNATURE_HEADER} header")
+        fields = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
+        timestamp, signature = fields.get("t", ""), fields.get("v1", "")
+        if not timestamp.isdigit() or not signature:
+            raise WebhookSignatureError(f"{self.name}: malformed {_SIGNATURE_HEADER} header")
+        expected = _sign(secret, timestamp, raw_body)
+        if not hmac.compare_digest(expected, signature):
+            raise WebhookSignatureError(f"{self.name}: signature does not match the body")
+        if abs(self._clock() - int(timestamp)) > WEBHOOK_TOLERANCE_S:
+            raise WebhookSignatureError(
+                f"{self.name}: timestamp outside the {WEBHOOK_TOLERANCE_S}s tolerance"
+            )
+        try:
+            event = json.loads(raw_body)
+            amount = (
+                Money(event["amount_minor"], event["currency"])
+                if event.get("amount_minor") is not None
+                else None
+            )
+            return WebhookUpdate(
+                event_id=str(event["id"]),
+                kind=WebhookKind(event["type"]),
+                gateway_reference=event.get("reference"),
+                payment_id=event.get("payment_id"),
+                amount=amount,
+                decline_code=event.get("decline_code"),
+                refund_reference=event.get("refund_reference"),
+            )
+        except (ValueError, KeyError, TypeError) as error:
+            raise InvalidInput("webhook body", f"not a {self.name} event: {error}") from error
+
+
+def _sign(secret: str, timestamp: str, body: bytes) -> str:
+    message = timestamp.encode() + b"." + body
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def _fingerprint(request: AuthorizeRequest) -> str:
+    """What a replayed authorize must repeat exactly (as a gateway's idempotency layer checks)."""
+    return f"{request.amount.minor} {request.amount.currency} {request.capture}"
+
+
+class SimulatedGatewayControl:
+    """In-process control of one :class:`SimulatedGateway`, a FakeGatewayControl for tests.
+
+    Transport faults need no HTTP: each is reported as an HTTP adapter would report it (429 ->
+    NOT_SENT with retry_after_s; 500 or a drop -> UNKNOWN, processed or not; ``close()`` ->
+    connection refused, NOT_SENT). Paths are ``/authorize``, ``/capture``, ``/void``,
+    ``/refund`` (POST) and ``/status`` (GET).
+    """
+
+    def __init__(self, gateway: SimulatedGateway) -> None:
+        self.gateway = gateway
+        self.base_url = f"inproc://{gateway.name}"
+
+    def __repr__(self) -> str:
+        return f"SimulatedGatewayControl({self.gateway.name!r})"
+
+    @property
+    def webhook_secret(self) -> str:
+        secret = self.gateway.config.webhook_secret
+        if secret is None:
+            raise LookupError(f"{self.gateway.name}: no webhook secret is configured")
+        return secret
+
+    def inject(
+        self,
+        fault: Fault,
+        *,
+        count: int = 1,
+        method: str | None = None,
+        path_prefix: str = "",
+        latency_s: float = 0.0,
+        retry_after_s: int = 1,
+    ) -> None:
+        if count < 1:
+            raise ValueError(f"count: must be >= 1, got {count}")
+        rule = _FaultRule(fault, count, method, path_prefix, latency_s, retry_after_s)
+        self.gateway._faults.append(rule)
+
+    def close(self) -> None:
+        """From now on every call is refused (NOT_SENT), as when nothing listens."""
+        self.gateway._closed = True
+
+    def decline_next(self, code: str = "card_declined") -> None:
+        self.gateway._forced.append((Outcome.DECLINED, code))
+
+    def require_action_next(self) -> None:
+        self.gateway._forced.append((Outcome.REQUIRES_ACTION, None))
+
+    def complete_action(self, gateway_reference: str) -> None:
+        ledger = self.gateway.ledger
+        charge = ledger.charges.get(gateway_reference)
+        answer = ledger.answers.get((self.gateway.name, charge.idempotency_key)) if charge else None
+        if charge is None or answer is None or answer.outcome is not Outcome.REQUIRES_ACTION:
+            raise LookupError(f"{gateway_reference!r}: no payment waits for the customer")
+        if charge.wants_capture:
+            charge.captured_minor = charge.amount_minor
+        ledger.answers[(self.gateway.name, charge.idempotency_key)] = GatewayResult(
+            Outcome.SUCCEEDED, reference=charge.reference, captured=charge.wants_capture
+        )
+
+    def charges(self) -> int:
+        return sum(
+            1
+            for charge in self.gateway.ledger.charges.values()
+            if charge.gateway == self.gateway.name and charge.captured_minor and not charge.voided
+        )
+
+    def amount_of(self, gateway_reference: str) -> tuple[int, str] | None:
+        charge = self.gateway.ledger.charges.get(gateway_reference)
+        return (charge.amount_minor, charge.currency) if charge else None
+
+    def signed_webhook(
+        self,
+        kind: WebhookKind,
+        gateway_reference: str,
+        *,
+        amount_minor: int,
+        currency: str,
+        event_id: str | None = None,
+        age_s: int = 0,
+        secret: str | None = None,
+        decline_code: str | None = None,
+        refund_reference: str | None = None,
+    ) -> tuple[dict[str, str], bytes]:
+        charge = self.gateway.ledger.charges.get(gateway_reference)
+        event = {
+            "id": event_id or f"evt_{uuid.uuid4().hex}",  # a fresh event, as the gateway sends
+            "type": kind.value,
+            "reference": gateway_reference,
+            "payment_id": charge.payment_id if charge else None,
+            "amount_minor": amount_minor,
+            "currency": currency,
+            "decline_code": decline_code,
+            "refund_reference": refund_reference,
+        }
+        body = json.dumps(event, separators=(",", ":")).encode()
+        timestamp = str(int(self.gateway._clock()) - age_s)
+        signature = _sign(secret or self.webhook_secret, timestamp, body)
+        return {"Sim-Signature": f"t={timestamp},v1={signature}"}, body
 
 
 class SimulatedGatewaysPlugin:
