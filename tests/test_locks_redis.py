@@ -337,3 +337,59 @@ async def test_service_with_redis_locks_charges_once(prefix: str) -> None:
     assert gateway.charge_count(created.id) == 1
     assert stored.state is PaymentState.COMPLETED
     assert all(result == stored for result in results)
+
+
+async def test_concurrent_holders_share_round_trips_and_leave_nothing_behind(
+    locks: RedisLockManager, redis_client: aioredis.Redis
+) -> None:
+    tokens: dict[str, int] = {}
+    all_in = anyio.Event()
+
+    async def hold(key: str) -> None:
+        async with locks.hold(key, 5) as lease:
+            tokens[key] = lease.token
+            if len(tokens) == 200:
+                all_in.set()
+            await all_in.wait()  # every lease is held at once
+
+    async with anyio.create_task_group() as tg:
+        for n in range(200):
+            tg.start_soon(hold, f"p{n}")
+    assert len(tokens) == 200 and min(tokens.values()) > 0
+    # First tries went to Redis in shared script calls, not one call per holder.
+    assert locks._acquires.batches < 200 and locks._acquires.items == 200
+    assert locks._releases.items == 200
+    assert not await redis_client.keys(f"{locks.prefix}*:lock")
+    assert locks._renewer is None  # the renewal task stops with the last lease
+
+
+class _GrantedThenStuck(RedisLockManager):
+    """Grants in Redis, then never answers the holder: as if it were cancelled mid-call."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.granted = anyio.Event()
+        self.unstick = anyio.Event()
+
+    async def _acquire_batch(self, items: Any) -> list[int]:
+        result = await super()._acquire_batch(items)
+        self.granted.set()
+        await self.unstick.wait()
+        return result
+
+
+async def test_an_acquire_cancelled_after_the_grant_gives_the_lock_back(
+    prefix: str, redis_client: aioredis.Redis
+) -> None:
+    locks = _GrantedThenStuck(REDIS_URL, prefix=prefix)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(locks.hold("k", 5).__aenter__)
+            await locks.granted.wait()
+            assert await redis_client.exists(locks.lock_key("k")) == 1
+            tg.cancel_scope.cancel()
+        # Without the undo the lease (10 s) would keep every other worker out.
+        assert await redis_client.exists(locks.lock_key("k")) == 0
+        locks.unstick.set()
+    finally:
+        await locks.close()

@@ -261,7 +261,9 @@ async def test_relays_in_tasks_and_processes_deliver_each_payment_in_order(
         with out.open("w") as stdout, err.open("w") as stderr:
             processes.append(
                 await anyio.open_process(
-                    [*command, "--interval", "0.05"],
+                    # Small passes, as the tasks below: the backlog is shared, not taken
+                    # whole by whichever relay starts first.
+                    [*command, "--interval", "0.05", "--batch-size", "16"],
                     cwd=tmp_path,
                     env=env,
                     stdout=stdout,

@@ -22,14 +22,24 @@ channel and retry ``SET NX`` when woken; a lease that expires publishes nothing,
 is also bounded by the holder's remaining TTL (a poll fallback, never a tight loop). Waiters
 race when woken (no FIFO, unlike the in-process manager).
 
+Throughput: a worker holds one lease per payment it is working on, often a thousand at once, and
+redis-py costs tens of microseconds of CPU per command. So concurrent first tries and releases
+are coalesced (``Coalescer``, as the SQL store does for commits): one script call grants or
+releases a whole batch, each key answered on its own. One task renews every lease the process
+holds in a single call per round, instead of a task per holder; it stops with the last lease.
+A holder cancelled while its grant was in flight gives the lease straight back. (Multi-key
+scripts assume one Redis, not a Redis Cluster, whose keys of one call must share a slot.)
+
 If Redis loses the counters (flush, restart without persistence) tokens restart at 1 and a
 durable store rejects writes on payments it has seen: safe, but stuck until fences reset.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
+from collections.abc import Sequence
 from typing import Any, NoReturn
 from urllib.parse import unquote
 
@@ -40,6 +50,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import ConfigError, LockTimeout, StoreError, StoreUnavailable
+from ..store.group_commit import Coalescer
 from ..urls import hide_password
 from .base import Lease
 
@@ -51,43 +62,75 @@ _IO_TIMEOUT_S = 5.0
 # A lease about to expire (PTTL of a few ms) must not make waiters poll in a tight loop.
 _MIN_WAIT_S = 0.01
 
-# Idempotent: if a retried call finds our own owner id, the grant already happened and the
-# counter's current value is our token (only a granted holder increments it).
-# The fencing token never goes below the server's clock in microseconds: a durable store
-# remembers the highest token it has seen per payment, and a Redis that lost its counters
-# (restarted without persistence) must not hand out smaller tokens than before.
+# Each script takes many keys, so concurrent holders share one round trip (see
+# RedisLockManager: acquires, releases and renewals are coalesced into batches).
+#
+# Acquire. Idempotent: if a retried call finds our own owner id, the grant already happened and
+# the counter's current value is our token (only a granted holder increments it). The fencing
+# token never goes below the server's clock in microseconds: a durable store remembers the
+# highest token it has seen per payment, and a Redis that lost its counters (restarted without
+# persistence) must not hand out smaller tokens than before. Per key the answer is the token
+# (> 0), or minus the current holder's remaining lease in ms.
+# KEYS: lock1, fence1, lock2, fence2, ...  ARGV: lease_ms, owner1, owner2, ...
 _ACQUIRE = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  local token = redis.call('INCR', KEYS[2])
-  local now = redis.call('TIME')
-  local floor = tonumber(now[1]) * 1000000 + tonumber(now[2])
-  if token < floor then
-    redis.call('SET', KEYS[2], floor)
-    token = floor
+local lease = ARGV[1]
+local floor = nil
+local out = {}
+for i = 1, #KEYS / 2 do
+  local lock, fence, owner = KEYS[2 * i - 1], KEYS[2 * i], ARGV[i + 1]
+  if redis.call('SET', lock, owner, 'NX', 'PX', lease) then
+    local token = redis.call('INCR', fence)
+    if floor == nil then
+      local now = redis.call('TIME')
+      floor = tonumber(now[1]) * 1000000 + tonumber(now[2])
+    end
+    if token < floor then
+      redis.call('SET', fence, floor)
+      token = floor
+    end
+    out[i] = token
+  elseif redis.call('GET', lock) == owner then
+    out[i] = tonumber(redis.call('GET', fence))
+  else
+    local ttl = redis.call('PTTL', lock)
+    if ttl < 0 then ttl = tonumber(lease) end
+    out[i] = -ttl
   end
-  return token
 end
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return tonumber(redis.call('GET', KEYS[2]))
-end
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl < 0 then ttl = tonumber(ARGV[2]) end
-return -ttl
+return out
 """
+# Release what is still ours (1) and wake its waiters; 0 where the lease had gone.
+# KEYS: lock1..lockN  ARGV: owner1..ownerN, channel1..channelN
 _RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2], '1')
-  return 1
+local n = #KEYS
+local out = {}
+for i = 1, n do
+  if redis.call('GET', KEYS[i]) == ARGV[i] then
+    redis.call('DEL', KEYS[i])
+    redis.call('PUBLISH', ARGV[n + i], '1')
+    out[i] = 1
+  else
+    out[i] = 0
+  end
 end
-return 0
+return out
 """
+# Extend what is still ours (1); 0 where the lease had gone.
+# KEYS: lock1..lockN  ARGV: lease_ms, owner1..ownerN
 _RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local out = {}
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[i + 1] then
+    out[i] = redis.call('PEXPIRE', KEYS[i], ARGV[1])
+  else
+    out[i] = 0
+  end
 end
-return 0
+return out
 """
+
+# Items of one batch share a script call; a key appears at most once per batch.
+_MAX_BATCH = 256
 
 
 class _Hold:
@@ -96,29 +139,19 @@ class _Hold:
 
     def __init__(self, manager: RedisLockManager, key: str, timeout: float) -> None:
         self._manager = manager
-        self._key = key
+        self.key = key
         self._timeout = timeout
-        self._owner = uuid.uuid4().hex
-        self._task_group: Any = None
+        self.owner = uuid.uuid4().hex
         self.lost = False
 
     async def __aenter__(self) -> Lease:
-        token = await self._manager._acquire(self._key, self._owner, self._timeout)
-        if self._manager.renew:
-            self._task_group = anyio.create_task_group()
-            await self._task_group.__aenter__()
-            self._task_group.start_soon(self._renew_loop)
-        return Lease(self._key, token)
+        token = await self._manager._acquire(self.key, self.owner, self._timeout)
+        self._manager._track(self)
+        return Lease(self.key, token)
 
     async def __aexit__(self, *exc_info: object) -> None:
-        try:
-            if self._task_group is not None:
-                self._task_group.cancel_scope.cancel()
-                # The body's exception is not handed to the task group: it would come out
-                # wrapped in an ExceptionGroup. The renewal task never raises.
-                await self._task_group.__aexit__(None, None, None)
-        finally:
-            await self._release()
+        self._manager._untrack(self)
+        await self._release()
 
     async def _release(self) -> None:
         # Shielded: a cancelled holder must still give the lock back rather than make the next
@@ -126,29 +159,13 @@ class _Hold:
         # and raising here would turn a committed operation into a reported failure.
         with anyio.CancelScope(shield=True):
             try:
-                released = await self._manager._release(self._key, self._owner)
+                released = await self._manager._release(self.key, self.owner)
             except StoreError as error:
-                log.warning("lock %r: release failed (%s); the lease will expire", self._key, error)
+                log.warning("lock %r: release failed (%s); the lease will expire", self.key, error)
                 return
         if not released:
             self.lost = True
-            log.warning("lock %r: lease had expired before release", self._key)
-
-    async def _renew_loop(self) -> None:
-        manager = self._manager
-        while True:
-            await anyio.sleep(manager.lease_ms / 3000)
-            try:
-                renewed = await manager._renew(self._key, self._owner)
-            except StoreError as error:  # transient: the next round may succeed in time
-                log.warning("lock %r: renewal failed (%s)", self._key, error)
-                continue
-            if not renewed:
-                # Lost: someone else may hold it now. The holder's writes carry a token older
-                # than the successor's, so the store rejects them; nothing else to do here.
-                self.lost = True
-                log.warning("lock %r: lease lost while held", self._key)
-                return
+            log.warning("lock %r: lease had expired before release", self.key)
 
 
 class RedisLockManager:
@@ -185,6 +202,18 @@ class RedisLockManager:
         self._acquire_script = self._client.register_script(_ACQUIRE)
         self._release_script = self._client.register_script(_RELEASE)
         self._renew_script = self._client.register_script(_RENEW)
+        owner = "the Redis lock manager"
+        # First tries and releases of concurrent holders go to Redis together.
+        self._acquires: Coalescer[tuple[str, str], int] = Coalescer(
+            self._acquire_batch, max_batch=_MAX_BATCH, keys=_first, owner=owner
+        )
+        self._releases: Coalescer[tuple[str, str], bool] = Coalescer(
+            self._release_batch, max_batch=_MAX_BATCH, keys=_first, owner=owner
+        )
+        # Leases held right now, renewed together by one task while there are any.
+        self._held: dict[str, _Hold] = {}
+        self._renewer: asyncio.Task[None] | None = None
+        self._renewing = False
 
     def __repr__(self) -> str:
         return (
@@ -205,6 +234,9 @@ class RedisLockManager:
         return _Hold(self, key, timeout)
 
     async def close(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            self._renewer = None
         try:
             await self._client.aclose()
         except (RedisError, OSError) as error:
@@ -224,16 +256,41 @@ class RedisLockManager:
         )
         raise kind(f"redis lock store at {self._safe_url}: {message}") from None
 
-    async def _script(self, script: Any, keys: list[str], args: list[Any]) -> int:
+    async def _script(self, script: Any, keys: list[str], args: list[Any]) -> list[int]:
         try:
-            return int(await script(keys=keys, args=args))
+            return [int(value) for value in await script(keys=keys, args=args)]
         except (RedisError, OSError) as error:
             self._fail(error)
 
+    async def _acquire_batch(self, items: Sequence[tuple[str, str]]) -> list[int]:
+        keys = [name for key, _ in items for name in (self.lock_key(key), self.fence_key(key))]
+        owners = [owner for _, owner in items]
+        return await self._script(self._acquire_script, keys, [self.lease_ms, *owners])
+
+    async def _release_batch(self, items: Sequence[tuple[str, str]]) -> list[bool]:
+        keys = [self.lock_key(key) for key, _ in items]
+        args = [owner for _, owner in items] + [self.channel(key) for key, _ in items]
+        return [bool(done) for done in await self._script(self._release_script, keys, args)]
+
+    async def _try_acquire(self, key: str, owner: str) -> int:
+        """The token if granted now, else minus the holder's remaining lease (ms)."""
+        try:
+            return await self._acquires.submit((key, owner))
+        except BaseException:
+            # Cancelled (or failed) after the batch may have gone out: the grant may have
+            # happened for a holder that no longer waits. Give it back rather than leave the
+            # payment locked until the lease runs out (a release that finds someone else's
+            # lease changes nothing).
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self._release(key, owner)
+                except StoreError as error:
+                    log.warning("lock %r: undoing an abandoned acquire failed: %s", key, error)
+            raise
+
     async def _acquire(self, key: str, owner: str, timeout: float) -> int:  # noqa: ASYNC109
         deadline = anyio.current_time() + timeout
-        keys = [self.lock_key(key), self.fence_key(key)]
-        result = await self._script(self._acquire_script, keys, [owner, self.lease_ms])
+        result = await self._try_acquire(key, owner)
         if result > 0:
             return result
         pubsub: Any = self._client.pubsub()  # redis-py's PubSub is partly untyped
@@ -245,7 +302,7 @@ class RedisLockManager:
             while True:
                 # Retry after subscribing: a release between the first try and the
                 # subscription published to nobody.
-                result = await self._script(self._acquire_script, keys, [owner, self.lease_ms])
+                result = await self._try_acquire(key, owner)
                 if result > 0:
                     return result
                 remaining = deadline - anyio.current_time()
@@ -274,9 +331,59 @@ class RedisLockManager:
                 return
 
     async def _release(self, key: str, owner: str) -> bool:
-        keys = [self.lock_key(key)]
-        return bool(await self._script(self._release_script, keys, [owner, self.channel(key)]))
+        return await self._releases.submit((key, owner))
 
-    async def _renew(self, key: str, owner: str) -> bool:
-        keys = [self.lock_key(key)]
-        return bool(await self._script(self._renew_script, keys, [owner, self.lease_ms]))
+    # -- renewal: one task renews every lease held in this process ------------------------
+
+    def _track(self, hold: _Hold) -> None:
+        if not self.renew:
+            return
+        self._held[hold.owner] = hold
+        if self._renewer is None:
+            self._renewer = asyncio.get_running_loop().create_task(
+                self._renew_loop(), name="aegispay lock renewal"
+            )
+
+    def _untrack(self, hold: _Hold) -> None:
+        if self._held.pop(hold.owner, None) is None or self._held:
+            return
+        # The last lease went: stop the task now (not after its next sleep), unless it is in
+        # the middle of a Redis call (cancelling that would throw away a pooled connection);
+        # it then sees the empty table itself.
+        if self._renewer is not None and not self._renewing:
+            self._renewer.cancel()
+            self._renewer = None
+
+    async def _renew_loop(self) -> None:
+        try:
+            while self._held:
+                await asyncio.sleep(self.lease_ms / 3000)
+                holds = list(self._held.values())
+                if not holds:
+                    break
+                self._renewing = True
+                try:
+                    renewed = await self._script(
+                        self._renew_script,
+                        [self.lock_key(hold.key) for hold in holds],
+                        [self.lease_ms, *(hold.owner for hold in holds)],
+                    )
+                except StoreError as error:  # transient: the next round may succeed in time
+                    log.warning("lock renewal of %d leases failed (%s)", len(holds), error)
+                    continue
+                finally:
+                    self._renewing = False
+                for hold, ok in zip(holds, renewed, strict=True):
+                    # Released meanwhile: not lost, just gone from the table.
+                    if not ok and self._held.pop(hold.owner, None) is not None:
+                        # Lost: someone else may hold it now. The holder's writes carry a token
+                        # older than the successor's, so the store rejects them.
+                        hold.lost = True
+                        log.warning("lock %r: lease lost while held", hold.key)
+        finally:
+            if self._renewer is asyncio.current_task():
+                self._renewer = None
+
+
+def _first(item: tuple[str, str]) -> tuple[str]:
+    return (item[0],)

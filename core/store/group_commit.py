@@ -48,12 +48,14 @@ class Coalescer(Generic[T, R]):
         *,
         max_batch: int = 500,
         keys: Callable[[T], Sequence[Hashable]] | None = None,
+        owner: str = "the SQL store",
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch: must be at least 1, got {max_batch}")
         self._run_batch = run_batch
         self._max_batch = max_batch
         self._keys = keys
+        self._owner = owner
         self._queue: deque[tuple[T, asyncio.Future[R]]] = deque()
         self._drainer: asyncio.Task[None] | None = None
         self.batches = 0  # how many batches ran (for benchmarks and tests)
@@ -65,8 +67,8 @@ class Coalescer(Generic[T, R]):
             loop = asyncio.get_running_loop()
         except RuntimeError:  # not on asyncio (trio): say so, rather than fail obscurely
             raise StoreError(
-                "the SQL store runs on asyncio only (anyio's asyncio backend); "
-                'on trio, use the in-memory store (store = "memory://")'
+                f"{self._owner} runs on asyncio only (anyio's asyncio backend); "
+                'on trio, use the in-memory store and lock (store = "memory://", no lock URL)'
             ) from None
         future: asyncio.Future[R] = loop.create_future()
         self._queue.append((item, future))

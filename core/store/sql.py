@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import exc
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
@@ -206,6 +207,10 @@ class SqlStore:
         self._recent_events: RecentlyWritten[str, Event] = RecentlyWritten()
         self._finds: Coalescer[tuple[str, str], Any] = Coalescer(
             self._find_batch, max_batch=max_batch
+        )
+        # Histories too (an audit or `replay --all` reads thousands concurrently).
+        self._histories: Coalescer[str, list[str]] = Coalescer(
+            self._events_batch, max_batch=max_batch
         )
         self._schema_check: anyio.Lock = anyio.Lock()
 
@@ -493,12 +498,30 @@ class SqlStore:
         return [found.get(payment_id) for payment_id in payment_ids]
 
     async def events(self, payment_id: str) -> list[Event]:
-        query = (
-            sa.select(payment_events.c.data)
-            .where(payment_events.c.payment_id == payment_id)
-            .order_by(payment_events.c.version)
-        )
-        return [self._event_types.from_dict(orjson.loads(d)) for d in await self._scalars(query)]
+        decode = self._event_types.from_dict
+        return [decode(orjson.loads(data)) for data in await self._histories.submit(payment_id)]
+
+    async def _events_batch(self, payment_ids: Sequence[str]) -> list[list[str]]:
+        ids = sorted(set(payment_ids))
+        with self._errors():
+            async with self._transaction() as conn:
+                if self._sqlite:
+                    query = (
+                        sa.select(payment_events.c.payment_id, payment_events.c.data)
+                        .where(payment_events.c.payment_id.in_(ids))
+                        .order_by(payment_events.c.payment_id, payment_events.c.version)
+                    )
+                    rows = await conn.execute(query)
+                else:  # one array parameter: one prepared statement whatever the count
+                    rows = await conn.exec_driver_sql(
+                        "SELECT payment_id, data FROM payment_events "
+                        "WHERE payment_id = ANY($1::text[]) ORDER BY payment_id, version",
+                        (ids,),
+                    )
+                histories: dict[str, list[str]] = {}
+                for row in rows:
+                    histories.setdefault(row.payment_id, []).append(row.data)
+        return [histories.get(payment_id, []) for payment_id in payment_ids]
 
     async def find_idempotency(
         self, scope: str, key: str, now: datetime | None = None
@@ -561,13 +584,14 @@ class SqlStore:
             return []
         with self._errors():
             async with self._transaction(write=True) as conn:
-                claim = _outbox_claim_statement(owner, now, lease_until, limit, self._sqlite)
-                claimed = list((await conn.execute(claim)).scalars())
+                claim = _CLAIM[self._sqlite]
+                params = {"owner": owner, "now": now, "lease_until": lease_until, "limit": limit}
+                claimed = list((await conn.execute(claim, params)).scalars())
                 if not claimed:
                     return []
                 fetch = (
                     sa.select(outbox)
-                    .where(outbox.c.payment_id.in_(claimed), _PENDING)
+                    .where(_one_of(outbox.c.payment_id, claimed, self._sqlite), _PENDING)
                     .order_by(outbox.c.seq)
                     .limit(limit)
                 )
@@ -599,7 +623,7 @@ class SqlStore:
                 mine = (
                     sa.select(leases.c.payment_id)
                     .where(
-                        leases.c.payment_id.in_(touched),
+                        _one_of(leases.c.payment_id, touched, self._sqlite),
                         leases.c.owner == owner,
                         leases.c.expires_at > now,
                     )
@@ -615,7 +639,8 @@ class SqlStore:
                 if published_ids:
                     mark = (
                         outbox.update()
-                        .where(outbox.c.message_id.in_(published_ids), _PENDING)
+                        .where(_one_of(outbox.c.message_id, published_ids, self._sqlite))
+                        .where(_PENDING)
                         .values(published_at=now)
                     )
                     published = (await conn.execute(mark)).rowcount
@@ -626,7 +651,8 @@ class SqlStore:
                     counted = (await conn.execute(failing)).all()
                 if held:
                     release = leases.delete().where(
-                        leases.c.owner == owner, leases.c.payment_id.in_(sorted(held))
+                        leases.c.owner == owner,
+                        _one_of(leases.c.payment_id, sorted(held), self._sqlite),
                     )
                     await conn.execute(release)
         now_parked = {row.message_id for row in counted if row.parked}
@@ -884,15 +910,19 @@ def _configure_sqlite(engine: sa.Engine, *, wal: bool) -> None:
 # -- outbox statements -------------------------------------------------------------------------
 
 
-def _outbox_claim_statement(
-    owner: str, now: datetime, lease_until: datetime, limit: int, sqlite: bool
-) -> Any:
-    """One statement: lease to ``owner`` the payments of the oldest ``limit`` pending rows
+def _outbox_claim_statement(sqlite: bool) -> Any:
+    """One statement: lease to ``:owner`` the payments of the oldest ``:limit`` pending rows
     whose payment is neither backing off nor leased by another owner; returns their ids.
 
     A lease row that is expired (or ``owner``'s own) is taken over; one that another relay
     took meanwhile stays its (ON CONFLICT ... WHERE), and the payment is not returned. Rows are
-    leased in payment id order, so concurrent claims never wait on each other in a cycle."""
+    leased in payment id order, so concurrent claims never wait on each other in a cycle.
+    Built once per dialect with bind parameters (``owner``, ``now``, ``lease_until``,
+    ``limit``): SQLAlchemy compiles it once and the driver prepares it once, where building
+    it per claim cost milliseconds a pass."""
+    owner = sa.bindparam("owner", type_=outbox_leases.c.owner.type)
+    now = sa.bindparam("now", type_=outbox_leases.c.expires_at.type)
+    lease_until = sa.bindparam("lease_until", type_=outbox_leases.c.expires_at.type)
     row, other, lease = outbox.alias("o"), outbox.alias("b"), outbox_leases.alias("l")
     leased_by_another = sa.exists().where(
         lease.c.payment_id == row.c.payment_id, lease.c.owner != owner, lease.c.expires_at > now
@@ -915,15 +945,11 @@ def _outbox_claim_statement(
         # ix_outbox_pending's own order (= seq order here): walked, not sorted, and never the
         # primary key past every published row.
         .order_by(row.c.published_at, row.c.parked, row.c.seq)
-        .limit(limit)
+        .limit(sa.bindparam("limit", type_=sa.Integer))
         .subquery("oldest")
     )
     candidates = (
-        sa.select(
-            oldest.c.payment_id,
-            sa.literal(owner, outbox_leases.c.owner.type),
-            sa.literal(lease_until, outbox_leases.c.expires_at.type),
-        )
+        sa.select(oldest.c.payment_id, owner, lease_until)
         .where(sa.true())  # SQLite: INSERT ... SELECT ... ON CONFLICT needs a WHERE
         .group_by(oldest.c.payment_id)
         .order_by(oldest.c.payment_id)
@@ -935,6 +961,18 @@ def _outbox_claim_statement(
         set_={"owner": insert.excluded.owner, "expires_at": insert.excluded.expires_at},
         where=sa.or_(outbox_leases.c.expires_at <= now, outbox_leases.c.owner == owner),
     ).returning(outbox_leases.c.payment_id)
+
+
+_CLAIM = {sqlite: _outbox_claim_statement(sqlite) for sqlite in (True, False)}
+
+
+def _one_of(column: Any, values: Sequence[Any], sqlite: bool) -> Any:
+    """``column IN values``. On PostgreSQL one array parameter (``= ANY(:values)``): the
+    statement text does not change with the count, so it is compiled and prepared once;
+    SQLite has no arrays and gets an expanding IN."""
+    if sqlite:
+        return column.in_(list(values))
+    return column == sa.any_(sa.bindparam(None, list(values), type_=ARRAY(column.type)))
 
 
 def _outbox_failure_statement(
