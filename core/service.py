@@ -285,8 +285,22 @@ class PaymentService(PostAuthorizationOperations):
         return suppress
 
     async def aclose(self) -> None:
-        await self.store.close()
-        await self.locks.close()
+        """Close the store, the lock manager and every gateway that holds resources (an HTTP
+        gateway's connection pool: ``aclose()``), each even if another fails to close."""
+        try:
+            for name, gateway in self.gateways.items():
+                close = getattr(gateway, "aclose", None)
+                if close is None:
+                    continue
+                try:
+                    await close()
+                except Exception as error:  # one gateway must not keep the others open
+                    log.warning("closing gateway %r failed: %s", name, error)
+        finally:
+            try:
+                await self.store.close()
+            finally:
+                await self.locks.close()
 
     # -- reading --------------------------------------------------------------------------
 
@@ -593,7 +607,9 @@ class PaymentService(PostAuthorizationOperations):
                 description=payment.description,
                 metadata=payment.metadata,
             )
-            result = await self._call(gateway_name, Operation.AUTHORIZE, request, attempt_no)
+            result = await self._call(
+                gateway_name, Operation.AUTHORIZE, request, attempt_no, country=payment.country
+            )
             last = index == len(route.gateways) - 1
             if result.outcome is Outcome.NOT_SENT or (
                 result.outcome is Outcome.DECLINED and result.retryable_elsewhere
