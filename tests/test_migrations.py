@@ -9,20 +9,24 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import attrs
+import orjson
 import pytest
 import sqlalchemy as sa
 from _services import POSTGRES_URL, service_unavailable
 from aegispay.errors import StoreError
 from aegispay.store import migrations
+from aegispay.store.base import is_unsettled
 from aegispay.store.sql import SqlStore, metadata, normalise_url
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
-from store_conformance import change, lifecycle
+from store_conformance import change, fold, lifecycle
 
 pytestmark = pytest.mark.anyio
 
@@ -40,7 +44,7 @@ TABLES = {
 def _metadata_0001() -> sa.MetaData:
     """The tables as revision 0001 (and the pre-migrations ``create_all``) made them."""
     added = {"outbox": {"next_attempt_at"}, "idempotency_keys": {"state", "recovery_point",
-             "locked_at"}}  # fmt: skip
+             "locked_at"}, "payments": {"unsettled", "updated_at"}}  # fmt: skip
     old = sa.MetaData()
     for name in ("payments", "payment_events", "outbox", "idempotency_keys"):
         table = metadata.tables[name]
@@ -121,7 +125,7 @@ async def test_upgrade_from_empty_creates_all_tables_and_stamps_head(make_store:
     assert await run_sync(store, tables) == set()
     await store.upgrade_schema()
     assert await run_sync(store, tables) == TABLES
-    assert await run_sync(store, stamped(store._schema)) == migrations.heads() == ("0002",)
+    assert await run_sync(store, stamped(store._schema)) == migrations.heads() == ("0003",)
     await store.check_schema()
     await store.commit(change(None, lifecycle("pay_1")[:1]))
     assert await store.payment_ids() == ["pay_1"]
@@ -134,7 +138,7 @@ async def test_upgrade_twice_is_a_no_op(make_store: Factory) -> None:
     again = make_store()
     await again.upgrade_schema()
     await again.create_schema()  # the alias
-    assert await run_sync(again, stamped(again._schema)) == ("0002",)
+    assert await run_sync(again, stamped(again._schema)) == ("0003",)
     assert await again.payment_ids() == ["pay_1"]
 
 
@@ -212,13 +216,49 @@ async def test_pre_migration_database_is_adopted(make_store: Factory) -> None:
     await run_sync(store, _schema_0001.create_all)
     await make_store().upgrade_schema()
     await store.commit(change(None, lifecycle("pay_1")[:1]))
-    assert await run_sync(store, stamped(store._schema)) == ("0002",)
+    assert await run_sync(store, stamped(store._schema)) == ("0003",)
     assert await store.payment_ids() == ["pay_1"]
 
 
+async def test_upgrade_fills_in_what_the_janitor_reads(make_store: Factory) -> None:
+    """0003 adds ``unsettled`` / ``updated_at`` and fills them in from stored projections: a
+    payment waiting on a gateway (PROCESSING), one with a refund pending, settled ones."""
+    store = make_store()
+    await run_sync(store, _schema_0001.create_all)
+    events = lifecycle("p")
+    rows, expected = [], {}
+    for n, payment_id in ((1, "pay_initiated"), (2, "pay_processing"), (7, "pay_captured"),
+                          (len(events), "pay_refund_pending")):  # fmt: skip
+        payment = fold(None, [attrs.evolve(e, payment_id=payment_id) for e in events[:n]])
+        data = orjson.dumps(store._converter.unstructure(payment)).decode()
+        rows.append({"id": payment_id, "version": payment.version, "state": payment.state.value,
+                     "fence": 0, "data": data})  # fmt: skip
+        expected[payment_id] = (is_unsettled(payment), payment.updated_at)
+    assert sorted(flag for flag, _ in expected.values()) == [False, False, True, True]
+
+    def insert(conn: sa.Connection) -> None:
+        conn.execute(_schema_0001.tables["payments"].insert(), rows)
+
+    await run_sync(store, insert)
+    await make_store().upgrade_schema()
+
+    def read(conn: sa.Connection) -> dict[str, tuple[bool, Any]]:
+        table = metadata.tables["payments"]
+        query = sa.select(table.c.id, table.c.unsettled, table.c.updated_at)
+        return {row.id: (row.unsettled, row.updated_at) for row in conn.execute(query)}
+
+    assert await run_sync(store, read) == expected
+    later = max(at for _, at in expected.values()) + timedelta(seconds=1)
+    waiting = sorted(payment_id for payment_id, (flag, _) in expected.items() if flag)
+    assert await store.unsettled_payment_ids(later) == waiting
+    assert await store.unsettled_payment_ids(min(at for _, at in expected.values())) == []
+
+
 def test_migrations_know_one_linear_history() -> None:
-    assert migrations.heads() == ("0002",)
-    assert migrations.is_known("0001") and migrations.is_known("0002")
+    assert migrations.heads() == ("0003",)
+    assert (
+        migrations.is_known("0001") and migrations.is_known("0002") and migrations.is_known("0003")
+    )
     assert not migrations.is_known("ffff")
     assert (migrations.LOCATION / "env.py").is_file()
 
@@ -236,7 +276,7 @@ def test_cli_upgrade_twice_then_simulate(tmp_path: Path) -> None:
         assert "schema up to date" in result.stdout
     with sqlite3.connect(tmp_path / "pay.db") as connection:
         (version,) = connection.execute("select version_num from alembic_version").fetchone()
-    assert version == "0002"
+    assert version == "0003"
     result = aegispay("simulate", "--payments", "5", "--latency-ms", "0", "--store", url, "--json")
     assert result.returncode == 0, result.stderr
 

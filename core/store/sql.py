@@ -50,7 +50,6 @@ from ..urls import safe_url
 from . import migrations
 from .base import (
     IN_FLIGHT,
-    UNSETTLED_STATES,
     Change,
     IdempotencyClaimed,
     IdempotencyProgress,
@@ -335,6 +334,8 @@ class SqlStore:
             "state": payment.state.value,
             "fence": change.fencing_token or 0,
             "data": _dumps(self._converter.unstructure(payment)),
+            "unsettled": is_unsettled(payment),
+            "updated_at": payment.updated_at,
         }
 
     def _attempt_rows(self, change: Change) -> list[dict[str, Any]]:
@@ -363,7 +364,9 @@ class SqlStore:
             await self._insert(conn, payments, [self._projection_row(change)])
             return
         row = self._projection_row(change)
-        values: dict[str, Any] = {name: row[name] for name in ("version", "state", "data")}
+        values: dict[str, Any] = {
+            name: row[name] for name in ("version", "state", "data", "unsettled", "updated_at")
+        }
         # Version check and fence check in the one statement that writes: no read-then-write gap.
         guard = sa.and_(payments.c.id == payment.id, payments.c.version == change.expected_version)
         if token is not None:
@@ -544,26 +547,14 @@ class SqlStore:
         return list(await self._scalars(sa.select(payments.c.id).order_by(payments.c.id)))
 
     async def unsettled_payment_ids(self, older_than: datetime) -> list[str]:
-        # The schema keeps no "pending" or "updated_at" column: the query narrows the rows to
-        # open states plus those whose stored projection has a non-null ``pending`` (the JSON
-        # is written with fixed separators), and the decoded projection decides.
-        open_states = [state.value for state in UNSETTLED_STATES]
+        # ix_payments_unsettled (partial: only rows waiting on a gateway): an idle janitor
+        # pass is one index lookup, whatever the number of settled payments.
         query = (
-            sa.select(payments.c.data)
-            .where(
-                sa.or_(
-                    payments.c.state.in_(open_states),
-                    payments.c.data.not_like('%"pending":null%'),
-                )
-            )
+            sa.select(payments.c.id)
+            .where(payments.c.unsettled, payments.c.updated_at < older_than)
             .order_by(payments.c.id)
         )
-        found = []
-        for data in await self._scalars(query):
-            payment = self._converter.structure(orjson.loads(data), Payment)
-            if is_unsettled(payment) and payment.updated_at < older_than:
-                found.append(payment.id)
-        return found
+        return list(await self._scalars(query))
 
     # -- outbox -------------------------------------------------------------------------------
     # A payment's rows get their ``seq`` in ``sequence`` order (its next change commits only

@@ -53,12 +53,15 @@ class Rows(Protocol):
 
 # The version guard stays even though the rows were checked (and are locked): belt and braces.
 _UPDATE_SQLITE = (
-    "UPDATE payments SET version = ?, state = ?, data = ?, fence = ? WHERE id = ? AND version = ?"
+    "UPDATE payments SET version = ?, state = ?, data = ?, fence = ?, unsettled = ?,"
+    " updated_at = ? WHERE id = ? AND version = ?"
 )
 _UPDATE_POSTGRES = (
     "UPDATE payments AS p SET version = v.version, state = v.state, data = v.data,"
-    " fence = v.fence FROM unnest($1::int4[], $2::text[], $3::text[], $4::int8[], $5::text[],"
-    " $6::int4[]) AS v(version, state, data, fence, id, expected)"
+    " fence = v.fence, unsettled = v.unsettled, updated_at = v.updated_at"
+    " FROM unnest($1::int4[], $2::text[], $3::text[], $4::int8[], $5::bool[],"
+    " $6::timestamptz[], $7::text[], $8::int4[])"
+    " AS v(version, state, data, fence, unsettled, updated_at, id, expected)"
     " WHERE p.id = v.id AND p.version = v.expected"
 )
 
@@ -141,7 +144,16 @@ async def write_batch(
         change = changes[i]
         row = rows._projection_row(change)
         update_values.append(
-            (row["version"], row["state"], row["data"], fence, row["id"], change.expected_version)
+            (
+                row["version"],
+                row["state"],
+                row["data"],
+                fence,
+                row["unsettled"] if postgres else _bind_sqlite(row["unsettled"]),
+                (_bind_postgres if postgres else _bind_sqlite)(row["updated_at"]),
+                row["id"],
+                change.expected_version,
+            )
         )
     if update_values and postgres:
         columns = tuple(list(column) for column in zip(*update_values, strict=True))
