@@ -149,8 +149,12 @@ def lint(session: nox.Session) -> None:
 def types(session: nox.Session) -> None:
     # A regular (not editable) install: mypy cannot follow setuptools' editable finder for
     # the core/ -> aegispay mapping, but checks the installed, py.typed package fine.
-    session.install(".[lint]")
+    session.install(".[lint,asgi]")
     session.run("mypy")
+    # Each gateway package, strictly, against the installed core (as its users type-check it).
+    for package in _packages():
+        session.install("--no-deps", str(package))
+        session.run("mypy", "--strict", str(package / "src"))
 
 
 @nox.session
