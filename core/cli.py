@@ -80,6 +80,20 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
     help="Mean latency of every simulated gateway; 0 for none (default: per gateway).",
 )
 @click.option("--refund-share", type=click.FloatRange(0, 1), default=0.10, show_default=True)
+@click.option(
+    "--scenario",
+    "scenario_name",
+    default=None,
+    help="A chaos scenario on a virtual clock: steady, outage, brownout or flaky "
+    "(sets the gateways, routing, breakers and faults; default payments 3,000, concurrency 8).",
+)
+@click.option(
+    "--report",
+    "html_path",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Also write a self-contained HTML report (charts over time) to this file.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @click.pass_context
 def simulate(
@@ -92,29 +106,61 @@ def simulate(
     lock_url: str | None,
     latency_ms: float | None,
     refund_share: float,
+    scenario_name: str | None,
+    html_path: str | None,
     as_json: bool,
 ) -> None:
     """Run N payments through the whole pipeline with simulated gateways, then report."""
-    from .simulation import SimulationOptions, run_simulation
-    from .stack import build_service
+    from functools import partial
 
-    settings = _simulation_settings(_settings(ctx), seed, gateways, latency_ms, store_url)
+    from .simulation import SimulationOptions, run_simulation
+
+    settings = _settings(ctx)
+    if store_url is not None:
+        settings = attrs.evolve(settings, store=store_url)
     if lock_url is not None:
         settings = attrs.evolve(settings, lock=lock_url)
-    service = build_service(settings)
-    sim_plugin = service.host.plugin("simulated_gateways")
-    ledger = getattr(sim_plugin, "ledger", None)
+    scenario_run = None
+    if scenario_name is not None:
+        from .scenarios import build_scenario_run, get_scenario
+
+        if gateways is not None or latency_ms is not None:
+            raise click.UsageError(
+                "--gateways and --latency-ms cannot be combined with --scenario "
+                "(the scenario sets the gateways and their latency)"
+            )
+        scenario = get_scenario(scenario_name)
+        if ctx.get_parameter_source("payments") is click.core.ParameterSource.DEFAULT:
+            payments = scenario.payments
+        if ctx.get_parameter_source("concurrency") is click.core.ParameterSource.DEFAULT:
+            concurrency = scenario.concurrency
+        scenario_run = build_scenario_run(settings, scenario, seed=seed, payments=payments)
+        service, ledger, timeline = scenario_run.service, scenario_run.ledger, scenario_run.timeline
+    else:
+        service, ledger, timeline = _simulation_service(
+            settings, seed, gateways, latency_ms, html_path is not None
+        )
     options = SimulationOptions(payments, concurrency, seed, refund_share)
     _tune_gc()
     report = _with_progress(
         payments,
         as_json,
-        lambda advance: anyio.run(run_simulation, service, options, ledger, advance),
+        lambda advance: anyio.run(
+            partial(run_simulation, service, options, ledger, advance, timeline=timeline)
+        ),
     )
+    if scenario_run is not None:
+        report["scenario"] = scenario_run.describe()
+    if html_path is not None:
+        from .report_html import write_html_report
+
+        write_html_report(html_path, report)
     if as_json:
         click.echo(json.dumps(report, sort_keys=True))
     else:
         _print_report(report)
+        if html_path is not None:
+            click.echo(f"HTML report written to {html_path}")
     if (
         report.get("duplicate_charges")
         or report["replay_mismatches"]
@@ -136,6 +182,36 @@ def _tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 1000)
+
+
+def _simulation_service(
+    settings: Settings,
+    seed: int,
+    gateways: str | None,
+    latency_ms: float | None,
+    timed: bool,
+) -> tuple[Any, Any, Any]:
+    """(service, ledger, timeline) for a plain simulate run. A ``[plugins.fault_injection]``
+    section in the user's configuration registers the fault-injection plugin with it; a
+    timeline (wall clock) is recorded only when ``timed`` (for the HTML report)."""
+    from .stack import build_service
+
+    settings = _simulation_settings(settings, seed, gateways, latency_ms, None)
+    plugins: dict[str, Any] = {}
+    if "fault_injection" in settings.plugin_config.names():
+        from aegispay.plugins.fault_injection import FaultInjectionPlugin
+
+        plugins["fault_injection"] = FaultInjectionPlugin
+    timeline = None
+    if timed:
+        import time
+
+        from .scenarios import Timeline
+
+        timeline = plugins["timeline"] = Timeline(time.monotonic)
+    service = build_service(settings, plugins=plugins)
+    ledger = getattr(service.host.plugin("simulated_gateways"), "ledger", None)
+    return service, ledger, timeline
 
 
 def _simulation_settings(
@@ -254,6 +330,70 @@ def _print_report(report: dict[str, Any]) -> None:
     console.print(gateways)
     if report["errors"]:
         console.print(f"[red]errors:[/red] {report['errors']}")
+    if "timeline" in report:
+        _print_timeline(console, report)
+
+
+_CIRCUIT_MARKS = {
+    "closed": "",
+    "half_open": " [yellow]half-open[/yellow]",
+    "open": " [red]OPEN[/red]",
+}
+
+
+def _print_timeline(console: Any, report: dict[str, Any]) -> None:
+    """The run over time: per bucket, each gateway's traffic share, p95 latency and circuit
+    state, and the payments' success rate; then the breaker transitions."""
+    from rich.table import Table
+
+    timeline = report["timeline"]
+    scenario = report.get("scenario")
+    title = "over time"
+    if scenario is not None:
+        title = f"scenario {scenario['name']}: {scenario['description']}"
+        console.print(f"[bold]faults injected:[/bold] {scenario['faults_injected'] or 'none'}")
+    rate = timeline["success_rate"]
+    table = Table(
+        title=title,
+        caption=f"{timeline['clock']} clock; success rate overall "
+        f"{'n/a' if rate is None else f'{rate:.2%}'}",
+    )
+    table.add_column("t (s)", justify="right")
+    table.add_column("payments", justify="right")
+    table.add_column("success", justify="right")
+    names = list(timeline["gateways"])
+    for name in names:
+        table.add_column(f"{name}\nshare / p95 ms", justify="right")
+    for i, bucket in enumerate(timeline["buckets"]):
+        success = bucket["success_rate"]
+        cells = [
+            f"{bucket['t_s']:g}",
+            str(bucket["payments"]),
+            "-" if success is None else f"{success:.1%}",
+        ]
+        for name in names:
+            data = timeline["gateways"][name]
+            p95 = data["latency_p95_ms"][i]
+            cells.append(
+                f"{data['share'][i]:.0%} / {'-' if p95 is None else f'{p95:g}'}"
+                f"{_CIRCUIT_MARKS[data['circuit'][i]]}"
+            )
+        table.add_row(*cells)
+    console.print(table)
+    transitions = timeline["transitions"]
+    if transitions:
+        changes = Table(title="circuit breaker transitions")
+        for column in ("t (s)", "gateway", "from", "to", "reason"):
+            changes.add_column(column)
+        for change in transitions:
+            changes.add_row(
+                f"{change['at_s']:.2f}",
+                change["gateway"],
+                change["from"],
+                change["to"],
+                change["reason"],
+            )
+        console.print(changes)
 
 
 @cli.command()

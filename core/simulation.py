@@ -16,7 +16,7 @@ import resource
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
@@ -30,6 +30,9 @@ from .payment import Payment, replay
 from .requests import PaymentRequest
 from .service import PaymentService
 from .states import PaymentState
+
+if TYPE_CHECKING:
+    from .scenarios import Timeline
 
 S = PaymentState
 
@@ -113,7 +116,13 @@ class _Tally:
     payment_ids: list[str] = attrs.field(factory=list)  # this run's, for the audit
 
 
-async def _one(service: PaymentService, spec: PaymentSpec, tally: _Tally, ledger: Any) -> None:
+async def _one(
+    service: PaymentService,
+    spec: PaymentSpec,
+    tally: _Tally,
+    ledger: Any,
+    paid: Callable[[Payment], None] | None = None,
+) -> None:
     started = time.perf_counter()
     payment = await service.pay(spec.request, idempotency_key=spec.key)
     tally.payment_ids.append(payment.id)
@@ -122,6 +131,8 @@ async def _one(service: PaymentService, spec: PaymentSpec, tally: _Tally, ledger
         tally.resends += 1
         if again.id != payment.id:
             tally.resend_mismatches += 1
+    if paid is not None:
+        paid(payment)
     elapsed_ms = (time.perf_counter() - started) * 1000
     tally.latency.record_ms(elapsed_ms)
     gateway_ms = ledger.take_gateway_time(payment.id) if ledger is not None else 0.0
@@ -149,16 +160,24 @@ async def run_simulation(
     options: SimulationOptions,
     ledger: Any = None,
     progress: Callable[[int], None] | None = None,
+    timeline: Timeline | None = None,
 ) -> dict[str, Any]:
-    """Run the workload on ``service`` (already built; entered here) and return the report."""
+    """Run the workload on ``service`` (already built; entered here) and return the report.
+
+    With a ``timeline`` (registered as a plugin of ``service``), payment *i* starts at the
+    timeline's arrival time for *i*, and the report gains ``timeline``: the run in time
+    buckets (see :mod:`aegispay.scenarios`)."""
     tally = _Tally()
-    specs = generate(options)
+    specs = enumerate(generate(options))
     rss_start = _rss_mb()
 
     async def worker() -> None:
-        for spec in specs:  # a shared iterator: each spec is taken exactly once
+        for index, spec in specs:  # a shared iterator: each spec is taken exactly once
             try:
-                await _one(service, spec, tally, ledger)
+                if timeline is None:
+                    await _one(service, spec, tally, ledger)
+                else:
+                    await _timed(service, spec, tally, ledger, timeline, index)
             except AegisPayError as error:
                 tally.errors[type(error).__name__] += 1
             tally.done += 1
@@ -172,6 +191,8 @@ async def run_simulation(
 
     gc.collect()
     async with service:
+        if timeline is not None:
+            timeline.start()
         started = time.perf_counter()
         async with anyio.create_task_group() as group:
             for _ in range(min(options.concurrency, options.payments) or 1):
@@ -184,7 +205,7 @@ async def run_simulation(
     rss_end = _rss_mb()
     audit = await audit_store(service, ledger, tally.payment_ids)
     payments = tally.done
-    return {
+    report: dict[str, Any] = {
         "payments": payments,
         "concurrency": options.concurrency,
         "seed": options.seed,
@@ -208,6 +229,34 @@ async def run_simulation(
         "events_published": service.relay.published,
         "max_rss_mb": {"start": rss_start, "end": rss_end},
     }
+    if timeline is not None:
+        report["timeline"] = timeline.report(service.gateway_monitor)
+    return report
+
+
+async def _timed(
+    service: PaymentService,
+    spec: PaymentSpec,
+    tally: _Tally,
+    ledger: Any,
+    timeline: Timeline,
+    index: int,
+) -> None:
+    """One payment on the timeline: started at its arrival time, its result recorded once
+    it is paid (a later refund's failure does not change whether it was paid)."""
+    arrival = timeline.begin(index)
+    recorded = False
+
+    def paid(payment: Payment) -> None:
+        nonlocal recorded
+        recorded = True
+        timeline.finish(arrival, payment)
+
+    try:
+        await _one(service, spec, tally, ledger, paid)
+    finally:
+        if not recorded:  # pay itself raised: the payment was not made
+            timeline.payments.append((arrival, True, False, False))
 
 
 async def audit_store(

@@ -126,3 +126,94 @@ def test_states_prints_the_transition_table(tmp_path: Path) -> None:
 
     result = aegispay("states", cwd=tmp_path)
     assert result.stdout.strip() == transition_table_markdown()
+
+
+# -- chaos scenarios and the HTML report -------------------------------------------------------
+
+
+def test_simulate_outage_scenario_reports_the_circuit_cycle_and_writes_html(
+    tmp_path: Path,
+) -> None:
+    result = aegispay(
+        "simulate",
+        "--scenario",
+        "outage",
+        "--payments",
+        "600",
+        "--store",
+        "memory://",
+        "--report",
+        "outage.html",
+        "--json",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert set(report) >= REPORT_KEYS | {"scenario", "timeline"}
+    assert report["payments"] == 600 and report["concurrency"] == 8  # the scenario's default
+    assert report["scenario"]["name"] == "outage"
+    assert report["duplicate_charges"] == 0 and report["replay_mismatches"] == 0
+    timeline = report["timeline"]
+    assert len(timeline["buckets"]) == 20 and timeline["clock"] == "virtual"
+    changes = [(t["from"], t["to"]) for t in timeline["transitions"]]
+    assert changes[0] == ("closed", "open") and changes[-1] == ("half_open", "closed")
+    assert "open" in timeline["gateways"]["sim-alpha"]["circuit"]
+    page = (tmp_path / "outage.html").read_text()
+    assert page.count("<svg") == 5 and "<script" not in page
+    assert "circuit for gateway sim-alpha: closed -> open" in result.stderr  # logged
+
+
+def test_simulate_prints_the_timeline_and_writes_html_without_a_scenario(tmp_path: Path) -> None:
+    result = aegispay(
+        "simulate",
+        "--payments",
+        "200",
+        "--latency-ms",
+        "0",
+        "--store",
+        "memory://",
+        "--report",
+        "run.html",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "over time" in result.stdout and "share / p95 ms" in result.stdout
+    assert "HTML report written to run.html" in result.stdout
+    assert "wall clock" in (tmp_path / "run.html").read_text()
+
+
+def test_unknown_scenario_and_conflicting_options_are_named(tmp_path: Path) -> None:
+    from aegispay.scenarios import SCENARIOS
+
+    unknown = aegispay("simulate", "--scenario", "chaos", cwd=tmp_path)
+    assert unknown.returncode != 0 and "Traceback" not in unknown.stderr
+    assert f"unknown scenario 'chaos'; available: {', '.join(SCENARIOS)}" in unknown.stderr
+    both = aegispay("simulate", "--scenario", "outage", "--gateways", "sim-beta", cwd=tmp_path)
+    assert both.returncode != 0
+    assert "--gateways and --latency-ms cannot be combined with --scenario" in both.stderr
+    helped = aegispay("simulate", "--help", cwd=tmp_path)
+    assert all(name in helped.stdout for name in SCENARIOS)
+
+
+def test_simulate_injects_the_faults_configured_in_aegispay_toml(tmp_path: Path) -> None:
+    (tmp_path / "aegispay.toml").write_text(
+        "[plugins.fault_injection]\nseed = 3\n[[plugins.fault_injection.faults]]\n"
+        'gateway = "sim-alpha"\nkind = "outage"\n'
+    )
+    result = aegispay(
+        "simulate",
+        "--payments",
+        "150",
+        "--latency-ms",
+        "0",
+        "--store",
+        "memory://",
+        "--json",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    alpha = report["by_gateway"]["sim-alpha"]["attempts"]
+    assert set(alpha) == {"not_sent"} and alpha["not_sent"] > 0  # every call refused
+    assert report["gateway_health"]["sim-alpha"]["circuit"] == "open"
+    assert report["duplicate_charges"] == 0 and report["unrecorded_charges"] == 0
