@@ -242,6 +242,9 @@ class RoutingPlugin:
                     opened.append(name)
                 continue
             if floor:
+                # A gateway that lost its traffic records nothing, so nothing else would age its
+                # failures out of the time window: it would stay below the floor for good.
+                health.refresh(now)
                 good = health.counts[0]
                 judged = good + health.failures
                 if judged >= min_calls:

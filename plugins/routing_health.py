@@ -58,8 +58,15 @@ class HealthStrategy(Strategy):
         if monitor is None:
             return [None] * len(candidates)
         health = monitor.health
+        # Age out what left the time window: a gateway that lost its traffic records no new
+        # calls, so only reading can forget its bad spell (else it would never win again).
+        now = monitor.clock()
         if self.segment is None:
-            return [health.get(name) for name in candidates]
+            out = [health.get(name) for name in candidates]
+            for window in out:
+                if window is not None:
+                    window.refresh(now)
+            return out
         if self.segment == "currency":
             value: str | None = payment.amount.currency
         elif self.segment == "payment_method":
@@ -69,8 +76,12 @@ class HealthStrategy(Strategy):
         out: list[GatewayHealth | None] = []
         for name in candidates:
             window = None if value is None else monitor.segment(name, self.segment, value)
+            if window is not None:
+                window.refresh(now)
             if window is None or window.counts[0] + window.failures < self.segment_min_calls:
                 window = health.get(name)
+                if window is not None:
+                    window.refresh(now)
             out.append(window)
         return out
 

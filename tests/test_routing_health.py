@@ -616,3 +616,28 @@ def test_metrics_success_only_orders_by_availability(
     for first, second in zip(decision.gateways, decision.gateways[1:], strict=False):
         if monitor.health[first].availability() == monitor.health[second].availability():
             assert names.index(first) < names.index(second)
+
+
+def test_a_gateway_that_lost_its_traffic_is_forgiven_once_its_failures_age_out() -> None:
+    # Routed away from, it records no calls; only reading can age its bad spell out of the
+    # window, or it would never be chosen (nor pass the floor) again.
+    plugin, monitor, clock, ctx = setup(
+        {
+            "strategy": "metrics",
+            "metrics": {"weights": {"success": 1}},
+            "health_floor": 0.8,
+            "health_floor_min_calls": 5,
+        },
+        breaker=BreakerSettings(enabled=False),
+        window_calls=0,
+        window_s=60.0,
+    )
+    feed(monitor, "c", C.TIMEOUT, 10)
+    assert plugin.decide(payment(), ["a", "b", "c"], ctx).gateways == ("a", "b")
+    clock.now += 61  # the outage is over a window ago; c has had no traffic since
+    feed(monitor, "a", C.SUCCESS, 9)
+    feed(monitor, "a", C.NOT_SENT, 1)
+    feed(monitor, "b", C.SUCCESS, 8)
+    feed(monitor, "b", C.UNKNOWN, 2)
+    decision = plugin.decide(payment(), ["a", "b", "c"], ctx)
+    assert decision.gateways == ("c", "a", "b")  # unmeasured again: full marks
