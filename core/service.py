@@ -78,6 +78,18 @@ log = logging.getLogger("aegispay.service")
 S = PaymentState
 
 
+def _drop_demo_gateways(gateways: dict[str, Gateway]) -> None:
+    """Demo gateways (``demo = True``: the simulated ones, registered by default so a fresh
+    install can run ``aegispay simulate``) step aside as soon as a real gateway is registered.
+    Otherwise a real gateway's NOT_SENT would fail over to a gateway that charges nobody and
+    the payment would be reported paid."""
+    demo = [name for name, gateway in gateways.items() if getattr(gateway, "demo", False)]
+    if demo and len(demo) < len(gateways):
+        for name in demo:
+            del gateways[name]
+        log.info("demo gateways %s not used: real gateways are registered", sorted(demo))
+
+
 @attrs.frozen
 class ReconcileReport:
     """What :meth:`PaymentService.reconcile` did.
@@ -201,6 +213,7 @@ class PaymentService(PostAuthorizationOperations):
         self._gateways: dict[str, Gateway] = {}
         sinks: dict[str, EventSink] = {}
         self._collect("aegispay_register_gateways", self._gateways, Gateway, config=True)
+        _drop_demo_gateways(self._gateways)
         self._collect("aegispay_register_event_sinks", sinks, EventSink, config=True)
         self._collect_event_types()
         self.gateways: Mapping[str, Gateway] = MappingProxyType(self._gateways)

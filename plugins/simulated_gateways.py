@@ -191,6 +191,7 @@ class SimulatedGateway:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.name = config.name
+        self.demo = False  # set by the plugin: see SimulatedGatewaysPlugin
         self.supported_currencies = frozenset(config.currencies) if config.currencies else None
         self.fees = FeeModel(config.fixed_fee_minor, config.fee_bps)
         self.capabilities = GatewayCapabilities(
@@ -596,6 +597,10 @@ class SimulatedGatewaysPlugin:
             config, SimulatedGatewaysConfig, "plugins.simulated_gateways"
         )
         self.ledger = Ledger()
+        # Unconfigured, they are demo gateways: used only while no real gateway is registered
+        # (see aegispay.service._drop_demo_gateways). A [plugins.simulated_gateways] section,
+        # as `aegispay simulate` writes, makes them regular gateways.
+        self.demo = not config
 
     @hookimpl(trylast=True)
     def aegispay_register_gateways(
@@ -605,4 +610,6 @@ class SimulatedGatewaysPlugin:
             latency = self.config.latency_ms
             if latency is None:
                 latency = gateway_config.latency_ms
-            register(SimulatedGateway(gateway_config, self.ledger, self.config.seed, latency))
+            gateway = SimulatedGateway(gateway_config, self.ledger, self.config.seed, latency)
+            gateway.demo = self.demo
+            register(gateway)

@@ -1,5 +1,6 @@
 import pytest
-from aegispay import Money, PaymentRequest, PaymentState
+from aegispay import Money, PaymentRequest, PaymentState, Settings
+from aegispay.settings import PluginConfig
 from aegispay.testing import ScriptedGateway, make_test_service
 
 pytestmark = pytest.mark.anyio
@@ -34,3 +35,21 @@ async def test_aclose_closes_every_gateway_even_when_one_fails() -> None:
     service = make_test_service(gateways=[broken, healthy])
     await service.aclose()
     assert (broken.closed, healthy.closed) == (1, 1)
+
+
+def test_default_simulated_gateways_step_aside_for_a_real_gateway() -> None:
+    # Unconfigured, the simulated gateways are demo gateways: with a real one registered, a
+    # NOT_SENT there must not fail over to a gateway that charges nobody.
+    real = ScriptedGateway("real")
+    alone = make_test_service(gateways=[], builtins=["simulated_gateways"])
+    assert sorted(alone.gateways) == ["sim-alpha", "sim-beta", "sim-gamma"]
+    mixed = make_test_service(gateways=[real], builtins=["simulated_gateways"])
+    assert list(mixed.gateways) == ["real"]
+    configured = make_test_service(
+        gateways=[real],
+        builtins=["simulated_gateways"],
+        settings=Settings(
+            store="memory://", plugin_config=PluginConfig({"simulated_gateways": {"seed": 1}})
+        ),
+    )
+    assert sorted(configured.gateways) == ["real", "sim-alpha", "sim-beta", "sim-gamma"]
