@@ -62,7 +62,14 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def wheels(session: nox.Session) -> None:
     """Build wheels of aegispay and every gateway package, install them (not editable) in a
-    clean virtualenv, and check that ``aegispay plugins --json`` lists the gateway plugins."""
+    clean virtualenv, and check that ``aegispay plugins --json`` lists the gateway plugins.
+
+    Then, from the same wheels: the new user's flow (``tests/new_user_flow.py``: the core and
+    ONE gateway package in a fresh virtualenv, keys from the environment, a payment processed,
+    captured, refunded and completed by a webhook against the package's fake), and the
+    simulation over all the packages' fakes (``tests/test_simulation_fakes.py``, which the
+    ``tests`` session cannot run: its core run has no gateway package installed).
+    """
     session.install("setuptools>=69", "wheel")
     with tempfile.TemporaryDirectory(prefix="aegispay-wheels-") as tmp:
         work = Path(tmp)
@@ -91,7 +98,13 @@ def wheels(session: nox.Session) -> None:
             if "site-packages" not in str(where):
                 session.error(f"aegispay is not imported from the installed wheel: {where}")
             output = session.run("aegispay", "plugins", "--json", silent=True)
-    _check_plugins(session, str(output))
+        _check_plugins(session, str(output))
+        # Standard library only, in this interpreter; it makes its own virtualenv.
+        session.run("python", str(ROOT / "tests" / "new_user_flow.py"), "--wheels", str(dist))
+    session.install("pytest>=8", "trio>=0.25")
+    # From the checkout, against the installed wheels: tests/ holds no "aegispay" to shadow it.
+    simulation_test = ROOT / "tests" / "test_simulation_fakes.py"
+    session.run("pytest", "-p", "no:cacheprovider", str(simulation_test))
 
 
 def _copy_root(target: Path) -> Path:

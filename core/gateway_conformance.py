@@ -22,8 +22,10 @@ A package subclasses :class:`GatewayConformance` in its tests and provides two f
         def conformance_gateway(self, conformance_fake):
             return StripeGateway(api_key="sk_test_x", base_url=conformance_fake.base_url, ...)
 
-Class attributes switch off what a gateway does not have; what its capabilities
-(:func:`aegispay.gateways.capabilities_of`) do not claim is skipped with the reason shown.
+Class attributes switch off what a gateway does not have (``charge_path_prefix`` aims the
+transport faults at the POST that charges, when the adapter POSTs something else first); what
+its capabilities (:func:`aegispay.gateways.capabilities_of`) do not claim is skipped with the
+reason shown.
 The suite needs ``pytest`` and runs each async test on asyncio and trio (override the
 ``anyio_backend`` fixture to narrow that).
 """
@@ -127,6 +129,12 @@ class GatewayConformance:
     transport_faults: ClassVar[bool] = True
     # A sizeable amount in minor units, divisible by 4 so halves and quarters are exact.
     amount_minor: ClassVar[int] = 10_000
+    # Where the transport-fault tests (rate limit, 5xx, drops, timeouts) aim their fault: the
+    # first POST whose path starts with this. "" is the authorize's first POST, right when that
+    # POST is the charge (Stripe). Set it when the adapter POSTs something else first, so the
+    # fault meets the call that may move money: Razorpay "/v1/payments/create/recurring" (its
+    # first POST creates an order), PayPal "/v2/checkout/orders" (its first is the OAuth token).
+    charge_path_prefix: ClassVar[str] = ""
 
     # -- fixtures a subclass must provide ----------------------------------------------------------
 
@@ -356,7 +364,9 @@ class GatewayConformance:
         self, suite_gateway: Gateway, suite_fake: FakeGatewayControl
     ) -> None:
         self.require_transport()
-        suite_fake.inject(Fault.RATE_LIMITED, method="POST", retry_after_s=7)
+        suite_fake.inject(
+            Fault.RATE_LIMITED, method="POST", path_prefix=self.charge_path_prefix, retry_after_s=7
+        )
         request = self.authorize_request(self.money(suite_gateway), capture=True)
         result = await self.call(suite_gateway, Operation.AUTHORIZE, request)
         assert result.outcome is Outcome.NOT_SENT, result
@@ -394,8 +404,9 @@ class GatewayConformance:
         self.require_transport()
         processed = fault in (Fault.DROP_AFTER_PROCESSING, Fault.TIMEOUT_AFTER_PROCESSING)
         request = self.authorize_request(self.money(suite_gateway), capture=True)
-        # Every POST of this attempt (an adapter may make more than one) meets the fault once.
-        suite_fake.inject(fault, method="POST")
+        # The charge POST (``charge_path_prefix``) meets the fault once; any other POST of the
+        # attempt (an order, a token) goes through.
+        suite_fake.inject(fault, method="POST", path_prefix=self.charge_path_prefix)
         result = await self.call(suite_gateway, Operation.AUTHORIZE, request)
         assert result.outcome is Outcome.UNKNOWN, f"{fault.name}: {result}"
         assert suite_fake.charges() == (1 if processed else 0)

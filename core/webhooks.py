@@ -129,11 +129,18 @@ class UnknownWebhookGateway(AegisPayError, LookupError):
 
 @attrs.frozen
 class WebhookPlan:
-    """What an update means for one payment: the events to commit (APPLIED), or why none."""
+    """What an update means for one payment: the events to commit (APPLIED), or why none.
+
+    ``sync`` (with no events): the update says something happened at the gateway that its
+    fields do not carry - the customer acted on a payment waiting for them (PayPal's
+    ``CHECKOUT.ORDER.APPROVED``) - so the payment is synced now (a status lookup, which may
+    complete it) instead of at the next reconcile.
+    """
 
     status: WebhookStatus
     events: tuple[ev.Event, ...] = ()
     reason: str = ""
+    sync: bool = False
 
 
 def _ignored(reason: str) -> WebhookPlan:
@@ -310,6 +317,13 @@ def _requires_action(
             next_action={},
         )
         return WebhookPlan(WebhookStatus.APPLIED, (event,))
+    if payment.state is S.REQUIRES_ACTION:
+        # Already waiting on the customer, so the event is news about that wait (PayPal: the
+        # payer approved; money moves only when we capture the order). plan_webhook has
+        # checked that it is about the open attempt. Look the payment up now.
+        return WebhookPlan(
+            WebhookStatus.IGNORED, (), "already REQUIRES_ACTION: synced with the gateway", True
+        )
     return _ignored(f"already {payment.state.name}")
 
 
@@ -431,6 +445,28 @@ async def _find_payment(
     return None
 
 
+def _synced(
+    payment: Payment,
+    synced: Payment,
+    result: Callable[[WebhookStatus, Payment | None, str], WebhookResult],
+) -> WebhookResult:
+    """The result of a webhook that synced ``payment`` (``service._sync``, as
+    ``sync_payment`` does) into ``synced``: APPLIED when the sync changed it (it committed its
+    own events: the gateway's answer), IGNORED when the gateway still waits on the customer.
+
+    No dedup record is written: a redelivery finds the payment settled (a no-op) or still
+    waiting (one more lookup). A store error propagates, so the gateway delivers again; a
+    gateway that cannot answer is an UNKNOWN lookup, which leaves the payment to the janitor.
+    """
+    if synced.version == payment.version:
+        return result(WebhookStatus.IGNORED, synced, "synced: the gateway still waits")
+    log.info(
+        "webhook for payment %s: synced with the gateway: %s -> %s",
+        payment.id, payment.state.name, synced.state.name,
+    )  # fmt: skip
+    return result(WebhookStatus.APPLIED, synced, f"synced with the gateway: {synced.state.name}")
+
+
 async def handle_webhook(
     service: PaymentService, gateway_name: str, headers: Mapping[str, str], raw_body: bytes
 ) -> WebhookResult:
@@ -484,6 +520,10 @@ async def handle_webhook(
             outcome.append(result(WebhookStatus.DUPLICATE, payment, "event already applied"))
             return payment
         plan = plan_webhook(payment, gateway_name, update, now)
+        if plan.sync:
+            synced = await service._sync(payment, lease)
+            outcome.append(_synced(payment, synced, result))
+            return synced
         if plan.status is not WebhookStatus.APPLIED:
             if plan.status is WebhookStatus.REJECTED:
                 log.warning(

@@ -197,6 +197,41 @@ async def test_failed_fails_a_waiting_payment_with_the_code() -> None:
     assert failed.failure_code == "authentication_failed"
 
 
+async def test_requires_action_for_a_waiting_payment_syncs_it_now() -> None:
+    """The customer acted (PayPal's CHECKOUT.ORDER.APPROVED): the payment is looked up at once
+    and completed by the lookup, not left for the next reconcile. A redelivery is a no-op."""
+    gateway = _gateway()
+    control = gateway.control()
+    service = _service(gateway)
+    payment = await _waiting(service, control)
+    control.complete_action(payment.gateway_reference or "")
+    headers, body = _hook(control, WebhookKind.REQUIRES_ACTION, payment, event_id="evt_ok")
+    result = await service.handle_webhook(GW, headers, body)
+    assert (result.status, result.state, result.payment_id) == (
+        WebhookStatus.APPLIED,
+        S.COMPLETED,
+        payment.id,
+    )
+    done = await service.get_payment(payment.id)
+    assert done.captured == Money(5000, USD) and control.charges() == 1
+    assert await service.replay(payment.id) == done
+    again = await service.handle_webhook(GW, headers, body)
+    assert (again.status, again.state) == (WebhookStatus.IGNORED, S.COMPLETED)
+    assert await service.get_payment(payment.id) == done
+
+
+async def test_requires_action_while_the_gateway_still_waits_changes_nothing() -> None:
+    gateway = _gateway()
+    control = gateway.control()
+    service = _service(gateway)
+    payment = await _waiting(service, control)
+    headers, body = _hook(control, WebhookKind.REQUIRES_ACTION, payment)
+    result = await service.handle_webhook(GW, headers, body)
+    assert (result.status, result.state) == (WebhookStatus.IGNORED, S.REQUIRES_ACTION)
+    assert await service.get_payment(payment.id) == payment
+    assert control.charges() == 0
+
+
 async def test_an_update_contradicting_the_payment_is_rejected_and_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

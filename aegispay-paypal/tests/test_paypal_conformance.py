@@ -2,12 +2,14 @@
 
 The suite's payments use a vaulted PayPal wallet (``payment_method`` = a vault id): PayPal then
 completes the order at creation, as a card gateway does, and declines there. The approval flow
-(no vault id: every order waits for the payer) has its own tests in test_gateway.py.
+(no vault id: every order waits for the payer) has its own tests in test_gateway.py. The
+first POST of a fresh adapter is the OAuth token request; ``charge_path_prefix`` aims the
+suite's transport faults at the order create, the call that moves money.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import ClassVar
 
 import pytest
@@ -22,6 +24,7 @@ class TestConformance(GatewayConformance):
     currencies: ClassVar[tuple[str, ...]] = ("USD", "JPY")
     payment_method: ClassVar[str | None] = "VAULT-conformance-wallet"
     decline_codes: ClassVar[tuple[str, ...]] = ("INSTRUMENT_DECLINED", "card_declined")
+    charge_path_prefix: ClassVar[str] = "/v2/checkout/orders"
 
     @pytest.fixture
     def conformance_fake(self) -> Iterator[FakePayPal]:
@@ -29,11 +32,7 @@ class TestConformance(GatewayConformance):
             yield fake
 
     @pytest.fixture
-    async def conformance_gateway(
+    def conformance_gateway(
         self, conformance_fake: FakePayPal, config_for: Callable[..., PayPalConfig]
-    ) -> AsyncIterator[PayPalGateway]:
-        gateway = PayPalGateway(config_for(conformance_fake))
-        # A running service holds a token already: fetch it now, so an injected fault meets
-        # the payment call itself rather than the token request (a POST too).
-        await gateway.connect()
-        yield gateway
+    ) -> PayPalGateway:
+        return PayPalGateway(config_for(conformance_fake))

@@ -97,17 +97,24 @@ async def test_pay_approve_refund_and_webhooks_through_a_service(fake: FakePayPa
         async with httpx.AsyncClient() as payer:  # the payer follows the link and approves
             assert (await payer.get(approval["approval_url"])).status_code == 200
 
-        # PayPal says the order was approved: the service records nothing yet, the payment
-        # still waits for the merchant to capture it, which the status lookup does.
+        # PayPal says the order was approved (CHECKOUT.ORDER.APPROVED): the service syncs the
+        # payment at once, and that status lookup captures the order. No reconcile needed.
+        assert fake.charges() == 0
         headers, body = fake.signed_webhook(
             WebhookKind.REQUIRES_ACTION, payment.gateway_reference, amount_minor=1999,
             currency="USD",
         )  # fmt: skip
         approved = await service.handle_webhook("paypal", headers, body)
-        assert approved.status is not WebhookStatus.APPLIED, approved
-        done = await service.sync_payment(payment.id)
-        assert done.state is PaymentState.COMPLETED, done
+        assert approved.status is WebhookStatus.APPLIED, approved
+        assert approved.state is PaymentState.COMPLETED and approved.payment_id == payment.id
         assert fake.charges() == 1 and action.gateway == "paypal"
+        done = await service.get_payment(payment.id)
+        assert done.state is PaymentState.COMPLETED and done.captured == payment.amount, done
+        # The same delivery again: the payment is settled, nothing more happens.
+        again = await service.handle_webhook("paypal", headers, body)
+        assert again.status is WebhookStatus.IGNORED, again
+        assert (await service.sync_payment(payment.id)).version == done.version
+        assert fake.charges() == 1
 
         refunded = await service.refund(payment.id, Money.of("5.00", "USD"))
         assert refunded.refunds[-1].gateway_reference
@@ -117,6 +124,59 @@ async def test_pay_approve_refund_and_webhooks_through_a_service(fake: FakePayPa
         late = await service.handle_webhook("paypal", headers, body)
         assert late.status in (WebhookStatus.IGNORED, WebhookStatus.DUPLICATE), late
         assert (await service.get_payment(payment.id)).version == refunded.version
+    finally:
+        await service.aclose()
+
+
+@pytest.mark.anyio
+async def test_an_approval_webhook_before_the_payer_approved_changes_nothing(
+    fake: FakePayPal,
+) -> None:
+    """A CHECKOUT.ORDER.APPROVED the order does not bear out (PayPal still waits for the payer)
+    syncs the payment, which stays waiting: nothing is captured, nothing recorded."""
+    service = service_for(fake)
+    try:
+        payment = await service.pay(PaymentRequest(Money.of("7.50", "USD")))
+        assert payment.state is PaymentState.REQUIRES_ACTION and payment.gateway_reference
+        headers, body = fake.signed_webhook(
+            WebhookKind.REQUIRES_ACTION, payment.gateway_reference, amount_minor=750,
+            currency="USD",
+        )  # fmt: skip
+        early = await service.handle_webhook("paypal", headers, body)
+        assert early.status is WebhookStatus.IGNORED, early
+        assert early.state is PaymentState.REQUIRES_ACTION
+        assert (await service.get_payment(payment.id)).version == payment.version
+        assert fake.charges() == 0
+        # The payer approves later; PayPal's next delivery (same event id) completes it.
+        fake.complete_action(payment.gateway_reference)
+        late = await service.handle_webhook("paypal", headers, body)
+        assert (late.status, late.state) == (WebhookStatus.APPLIED, PaymentState.COMPLETED)
+        assert fake.charges() == 1
+    finally:
+        await service.aclose()
+
+
+@pytest.mark.anyio
+async def test_approval_webhook_of_a_manual_capture_payment_authorizes_it(
+    fake: FakePayPal,
+) -> None:
+    service = service_for(fake)
+    try:
+        payment = await service.pay(PaymentRequest(Money.of("30.00", "USD"), capture_mode="manual"))
+        assert payment.state is PaymentState.REQUIRES_ACTION and payment.gateway_reference
+        fake.complete_action(payment.gateway_reference)
+        headers, body = fake.signed_webhook(
+            WebhookKind.REQUIRES_ACTION, payment.gateway_reference, amount_minor=3000,
+            currency="USD",
+        )  # fmt: skip
+        approved = await service.handle_webhook("paypal", headers, body)
+        assert (approved.status, approved.state) == (
+            WebhookStatus.APPLIED,
+            PaymentState.AUTHORIZED,
+        )
+        assert fake.charges() == 0, "an authorization holds the money, captures nothing"
+        captured = await service.capture(payment.id)
+        assert captured.state is PaymentState.COMPLETED and fake.charges() == 1
     finally:
         await service.aclose()
 

@@ -2,8 +2,8 @@
 
 Razorpay's authorize is two POSTs: the order (which moves no money) and the charge of a saved
 token (``/v1/payments/create/recurring``). The suite's transport faults are about the call
-that may move money, so :class:`_ChargeFaultFake` aims the suite's unscoped POST faults at the
-charge; ``test_gateway.py`` puts the same faults on the order POST as well.
+that may move money, so ``charge_path_prefix`` aims them at the charge; ``test_gateway.py``
+puts the same faults on the order POST as well.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from aegispay.fake_server import Fault
 from aegispay.gateway_conformance import GatewayConformance
 
 from aegispay_razorpay.fake import FakeRazorpay
@@ -19,41 +18,17 @@ from aegispay_razorpay.gateway import RazorpayGateway
 
 from .conftest import CUSTOMER, TOKEN, make_config
 
-CHARGE_PATH = "/v1/payments/create/recurring"
-
-
-class _ChargeFaultFake(FakeRazorpay):
-    def inject(
-        self,
-        fault: Fault,
-        *,
-        count: int = 1,
-        method: str | None = None,
-        path_prefix: str = "",
-        latency_s: float = 0.0,
-        retry_after_s: int = 1,
-    ) -> None:
-        if method == "POST" and not path_prefix:
-            path_prefix = CHARGE_PATH
-        super().inject(
-            fault,
-            count=count,
-            method=method,
-            path_prefix=path_prefix,
-            latency_s=latency_s,
-            retry_after_s=retry_after_s,
-        )
-
 
 class TestConformance(GatewayConformance):
     currencies = ("INR", "JPY", "KWD")
     webhook_timestamps = False  # X-Razorpay-Signature signs the body only
     payment_method = f"{CUSTOMER}:{TOKEN}"  # a saved card: charged without the customer
     decline_codes = ("card_declined", "insufficient_funds", "payment_risk_check_failed")
+    charge_path_prefix = "/v1/payments/create/recurring"
 
     @pytest.fixture
     def conformance_fake(self) -> Iterator[FakeRazorpay]:
-        with _ChargeFaultFake() as running:
+        with FakeRazorpay() as running:
             yield running
         assert running.handler_errors() == []
 
