@@ -94,6 +94,12 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
     default=None,
     help="Also write a self-contained HTML report (charts over time) to this file.",
 )
+@click.option(
+    "--with-fakes",
+    is_flag=True,
+    help="Run the gateway packages named by --gateways (default stripe,razorpay,paypal) "
+    "against their loopback fake servers, over real HTTP.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @click.pass_context
 def simulate(
@@ -108,6 +114,7 @@ def simulate(
     refund_share: float,
     scenario_name: str | None,
     html_path: str | None,
+    with_fakes: bool,
     as_json: bool,
 ) -> None:
     """Run N payments through the whole pipeline with simulated gateways, then report."""
@@ -120,6 +127,14 @@ def simulate(
         settings = attrs.evolve(settings, store=store_url)
     if lock_url is not None:
         settings = attrs.evolve(settings, lock=lock_url)
+    if with_fakes:
+        if scenario_name is not None or latency_ms is not None or html_path is not None:
+            raise click.UsageError(
+                "--with-fakes cannot be combined with --scenario, --latency-ms or --report "
+                "(the fakes answer at their own speed)"
+            )
+        _simulate_with_fakes(settings, gateways, payments, concurrency, seed, refund_share, as_json)
+        return
     scenario_run = None
     if scenario_name is not None:
         from .scenarios import build_scenario_run, get_scenario
@@ -166,6 +181,36 @@ def simulate(
         or report["replay_mismatches"]
         or report.get("unrecorded_charges")
     ):
+        sys.exit(1)
+
+
+def _simulate_with_fakes(
+    settings: Settings,
+    gateways: str | None,
+    payments: int,
+    concurrency: int,
+    seed: int,
+    refund_share: float,
+    as_json: bool,
+) -> None:
+    from .simulation import SimulationOptions
+    from .simulation_fakes import simulate_with_fakes, simulation_failed
+
+    options = SimulationOptions(payments, concurrency, seed, refund_share)
+    names = gateways or "stripe,razorpay,paypal"
+    report = _with_progress(
+        payments,
+        as_json,
+        lambda advance: anyio.run(simulate_with_fakes, settings, names, options, advance),
+    )
+    if as_json:
+        click.echo(json.dumps(report, sort_keys=True, default=str))
+    else:
+        _print_report(report)
+        audit = report.get("fakes", {}).get("audit", {})
+        verdict = "ok" if audit.get("ok") else f"MISMATCH {audit}"
+        click.echo(f"fake servers' charges against stored payments: {verdict}")
+    if simulation_failed(report):
         sys.exit(1)
 
 

@@ -183,3 +183,44 @@ async def test_settings_point_at_the_fakes_and_keep_the_users_choices() -> None:
         assert fakes.settings(_memory()).plugin_config.section("routing") == {
             "strategy": "round_robin"
         }
+
+
+def test_the_cli_runs_the_simulation_over_the_fakes(tmp_path: Any) -> None:
+    import json
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "aegispay",
+            "simulate",
+            "--with-fakes",
+            "--payments",
+            "60",
+            "--concurrency",
+            "20",
+            "--store",
+            "memory://",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["payments"] == 60
+    assert report["duplicate_charges"] == 0 and report["replay_mismatches"] == 0
+    assert report["fakes"]["audit"]["ok"]
+    assert {"stripe", "razorpay", "paypal"} <= set(report["by_gateway"])
+    rejected = subprocess.run(
+        [sys.executable, "-m", "aegispay", "simulate", "--with-fakes", "--latency-ms", "5"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert rejected.returncode == 2 and "--with-fakes cannot be combined" in rejected.stderr
