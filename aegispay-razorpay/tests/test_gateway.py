@@ -347,3 +347,12 @@ async def test_a_refused_lookup_is_unknown_not_declined(
     request = authorize_request()
     found = await razorpay_gateway.get_status(status_request(request, "order_DoesNotExist0"))
     assert found.outcome is Outcome.UNKNOWN, found
+
+
+async def test_an_order_razorpay_refuses_may_fail_over(razorpay_gateway: RazorpayGateway) -> None:
+    # Below Razorpay's minimum order amount: refused before any payment exists, so the
+    # refusal is this gateway's, not the customer's bank's.
+    result = await razorpay_gateway.authorize(authorize_request(amount=Money(50, "INR")))
+    assert result.outcome is Outcome.DECLINED
+    assert result.retryable_elsewhere
+    assert "minimum" in result.message

@@ -40,6 +40,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
+import attrs
 import httpx
 from aegispay.gateways import (
     AuthorizeRequest,
@@ -335,17 +336,7 @@ class RazorpayGateway:
                     return self._payment_result(str(order["id"]), payment)
             else:
                 flow = "recurring" if token is not None else "checkout"
-                order = await self._call(
-                    "POST",
-                    "/v1/orders",
-                    body={
-                        "amount": request.amount.minor,
-                        "currency": request.amount.currency,
-                        "receipt": receipt,
-                        "payment_capture": request.capture,
-                        "notes": self._notes_for(request, flow),
-                    },
-                )
+                order = await self._create_order(request, receipt, flow)
             order_id = str(order["id"])
             if token is None:
                 return self._checkout_action(order)
@@ -374,6 +365,30 @@ class RazorpayGateway:
             return stop.result
         except (KeyError, TypeError, ValueError) as exc:  # an answer of an unexpected shape
             return _unknown(f"unexpected Razorpay answer ({type(exc).__name__})")
+
+    async def _create_order(
+        self, request: AuthorizeRequest, receipt: str, flow: str
+    ) -> dict[str, Any]:
+        body = {
+            "amount": request.amount.minor,
+            "currency": request.amount.currency,
+            "receipt": receipt,
+            "payment_capture": request.capture,
+            "notes": self._notes_for(request, flow),
+        }
+        try:
+            return await self._call("POST", "/v1/orders", body=body)
+        except _Stop as stop:
+            refused = stop.result
+            if (
+                refused.outcome is Outcome.DECLINED
+                and not refused.retryable_elsewhere
+                and refused.decline_code != "idempotency_key_reused"  # our mistake: stop
+            ):
+                # Razorpay refused the order itself (a minimum amount, say): no customer's bank
+                # said no and no money can have moved, so another gateway may take it.
+                refused = attrs.evolve(refused, retryable_elsewhere=True)
+            raise _Stop(refused) from None
 
     def _recurring_body(
         self, request: AuthorizeRequest, order_id: str, token: str, customer: str | None
