@@ -150,7 +150,10 @@ async def _one(
     if spec.refund and payment.state is S.COMPLETED:
         amount = None
         if spec.refund == "partial" and payment.amount.minor > 1:
-            amount = Money(payment.amount.minor // 3 or 1, payment.amount.currency)
+            # A third, in whole cents as the amounts are (real gateways refuse 0.001 KWD).
+            cent = max(1, 10**payment.amount.exponent // 100)
+            third = payment.amount.minor // 3 // cent * cent
+            amount = Money(third or cent, payment.amount.currency)
         payment = await service.refund(payment.id, amount, reason="requested_by_customer")
         tally.refunds += 1
 
