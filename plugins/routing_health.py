@@ -62,11 +62,11 @@ class HealthStrategy(Strategy):
         # calls, so only reading can forget its bad spell (else it would never win again).
         now = monitor.clock()
         if self.segment is None:
-            out = [health.get(name) for name in candidates]
-            for window in out:
+            found = [health.get(name) for name in candidates]
+            for window in found:
                 if window is not None:
                     window.refresh(now)
-            return out
+            return found
         if self.segment == "currency":
             value: str | None = payment.amount.currency
         elif self.segment == "payment_method":
