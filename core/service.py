@@ -38,7 +38,7 @@ from .errors import (
     LockTimeout,
     PaymentNotFound,
 )
-from .gateway_calls import GatewayCaller
+from .gateway_calls import GatewayCaller, declared_capabilities
 from .gateways import (
     AuthorizeRequest,
     Gateway,
@@ -57,6 +57,7 @@ from .payment import Attempt, Payment, apply, replay
 from .pluginmanager import PluginHost
 from .post_authorization import PostAuthorizationOperations
 from .requests import PaymentRequest
+from .retry import Retrier, operation_deadline
 from .serialization import EventTypes
 from .settings import EngineSettings
 from .states import PaymentState
@@ -222,8 +223,15 @@ class PaymentService(PostAuthorizationOperations):
         self.relay = OutboxRelay(store, list(sinks.values()), self.hooks)
         # Health window and circuit breaker per gateway, fed by every gateway call.
         self.gateway_monitor = GatewayMonitor(self._gateways, self.engine.gateway_health)
+        # Paces and bounds repeats of gateway calls (aegispay.retry); its ``rng``, ``sleep``
+        # and ``clock`` are attributes a test may replace.
+        self.retrier = Retrier(self.engine.retry)
         self._call = GatewayCaller(
-            self._gateways, self.hooks, self.engine.gateway_timeout_s, self.gateway_monitor
+            self._gateways,
+            self.hooks,
+            self.engine.gateway_timeout_s,
+            self.gateway_monitor,
+            self.retrier,
         )
         store.on_commit(self.relay.notify)
         # Always built (``run_once`` works even when the periodic loop is off); the loop runs
@@ -318,8 +326,13 @@ class PaymentService(PostAuthorizationOperations):
     # -- reading --------------------------------------------------------------------------
 
     def gateway_health(self) -> dict[str, dict[str, Any]]:
-        """Per gateway: health score, success rate, latency p50/p95/p99, volume, circuit state."""
-        return self.gateway_monitor.snapshot()
+        """Per gateway: health score, success rate, latency p50/p95/p99, volume, circuit state,
+        and ``retries``: the repeated calls made to it (each also counted in its window)."""
+        report = self.gateway_monitor.snapshot()
+        retries = self._call.retries
+        for name, entry in report.items():
+            entry["retries"] = retries.get(name, 0)
+        return report
 
     async def get_payment(self, payment_id: str) -> Payment:
         payment = await self.store.load(payment_id)
@@ -531,7 +544,7 @@ class PaymentService(PostAuthorizationOperations):
         if payment.pending is not None:
             return await self._run_pending(payment, lease)
         if payment.unresolved_attempt is not None:
-            return await self._resolve(payment, lease)
+            return await self._resolve(payment, lease, repeat_create=True)
         if payment.state is S.AUTHORIZED and payment.capture_mode == "automatic":
             # An automatic capture that did not happen (not sent, declined): try it again.
             return await self._capture(payment, lease, None)
@@ -608,18 +621,9 @@ class PaymentService(PostAuthorizationOperations):
             # The intent is durable before the gateway hears of it.
             payment = await self._commit(payment, lease, [*pending, started])
             pending = []
-            request = AuthorizeRequest(
-                payment_id=payment.id,
-                attempt_no=attempt_no,
-                idempotency_key=key,
-                amount=payment.amount,
-                capture=payment.capture_mode == "automatic",
-                customer_id=payment.customer_id,
-                payment_method=payment.payment_method,
-                reference=payment.reference,
-                description=payment.description,
-                metadata=payment.metadata,
-            )
+            request = self._authorize_request(payment, attempt_no, key)
+            # Repeated on this gateway with this key while that is safe (aegispay.retry);
+            # NOT_SENT after the last repeat moves on to the next gateway, as a new attempt.
             result = await self._call(
                 gateway_name, Operation.AUTHORIZE, request, attempt_no, country=payment.country
             )
@@ -639,6 +643,23 @@ class PaymentService(PostAuthorizationOperations):
                 return await self._commit(payment, lease, pending)
             return await self._settle(payment, lease, payment.attempts[-1], result)
         raise AssertionError("route had no gateways")  # pragma: no cover - checked by caller
+
+    @staticmethod
+    def _authorize_request(payment: Payment, attempt_no: int, key: str) -> AuthorizeRequest:
+        """The authorisation of attempt ``attempt_no``: built from the payment's immutable
+        fields only, so a repeat with the same key sends exactly the same request."""
+        return AuthorizeRequest(
+            payment_id=payment.id,
+            attempt_no=attempt_no,
+            idempotency_key=key,
+            amount=payment.amount,
+            capture=payment.capture_mode == "automatic",
+            customer_id=payment.customer_id,
+            payment_method=payment.payment_method,
+            reference=payment.reference,
+            description=payment.description,
+            metadata=payment.metadata,
+        )
 
     async def _settle(
         self, payment: Payment, lease: Lease, attempt: Attempt, result: GatewayResult
@@ -733,17 +754,32 @@ class PaymentService(PostAuthorizationOperations):
             return await self._resolve(payment, lease)
         return payment
 
-    async def _resolve(self, payment: Payment, lease: Lease) -> Payment:
-        """Ask the gateway what happened to the unresolved attempt (same idempotency key)."""
+    async def _resolve(
+        self, payment: Payment, lease: Lease, repeat_create: bool = False
+    ) -> Payment:
+        """Ask the gateway what happened to the unresolved attempt (same idempotency key):
+        up to ``engine.status_lookups`` status lookups (spaced by the retry backoff when
+        retries are on). With ``repeat_create`` (reconciliation, a repeated process or
+        sync; not right after the call), an attempt the lookups leave UNKNOWN is then
+        created again with the same key where the gateway dedupes creates
+        (:meth:`_repeat_create`). Never another gateway."""
         attempt = payment.unresolved_attempt
         assert attempt is not None
-        for _ in range(self.engine.status_lookups):
+        result: GatewayResult | None = None
+        if self.engine.status_lookups > 0:
             request = StatusRequest(
                 payment.id, Operation.AUTHORIZE, attempt.idempotency_key, attempt.gateway_reference
             )
-            result = await self._call(attempt.gateway, Operation.STATUS, request, attempt.number)
-            if result.outcome is Outcome.UNKNOWN:
-                continue
+            result = await self._call(
+                attempt.gateway,
+                Operation.STATUS,
+                request,
+                attempt.number,
+                attempts=self.engine.status_lookups,
+            )
+        if repeat_create and (result is None or result.outcome is Outcome.UNKNOWN):
+            result = await self._repeat_create(payment, attempt) or result
+        if result is not None and result.outcome is not Outcome.UNKNOWN:
             if result.outcome in (Outcome.PENDING, Outcome.REQUIRES_ACTION) and (
                 attempt.outcome in (Outcome.PENDING, Outcome.REQUIRES_ACTION)
             ):
@@ -760,6 +796,70 @@ class PaymentService(PostAuthorizationOperations):
             return await self._commit(payment, lease, [event])
         return payment
 
+    async def _repeat_create(self, payment: Payment, attempt: Attempt) -> GatewayResult | None:
+        """Create ``attempt`` again at its own gateway with its own key, when status lookups
+        cannot settle it: for gateways whose lookup cannot see a create that never arrived
+        (Stripe's search lags, PayPal has no lookup by request id). Safe only because the
+        gateway declares ``idempotent_create``: it answers with the original result, or makes
+        the one charge if the original never arrived. None when not allowed: the attempt is
+        not in flight or UNKNOWN, the gateway does not dedupe creates, or the key is older
+        than the gateway keeps keys (``engine.retry.retention_s``; a repeat could then
+        charge twice, so the payment waits for a webhook or an operator).
+
+        The repeat's NOT_SENT says only that the repeat did not arrive: it comes back as
+        UNKNOWN, so the payment never moves to another gateway from here."""
+        settings = self.engine.retry
+        if not settings.repeat_unknown_create or attempt.outcome not in (None, Outcome.UNKNOWN):
+            return None
+        gateway = self._gateways.get(attempt.gateway)
+        if gateway is None or not declared_capabilities(gateway).idempotent_create:
+            return None
+        retention = settings.retention_for(attempt.gateway)
+        age = await self._intent_age_s(payment, attempt, retention)
+        if age is None or age >= retention:
+            log.warning(
+                "payment %s: attempt %d at %s is unknown and its key is %s: not created "
+                "again (settle it by webhook or by hand)",
+                payment.id, attempt.number, attempt.gateway,
+                f"older than the {retention:g}s the gateway keeps it" if age is not None
+                else "of unknown age (no intent in the history)",
+            )  # fmt: skip
+            return None
+        log.info(
+            "payment %s: status lookups did not settle attempt %d: creating it again at %s "
+            "with the same idempotency key",
+            payment.id, attempt.number, attempt.gateway,
+        )  # fmt: skip
+        request = self._authorize_request(payment, attempt.number, attempt.idempotency_key)
+        result = await self._call(
+            attempt.gateway, Operation.AUTHORIZE, request, attempt.number, country=payment.country
+        )
+        if result.outcome is Outcome.NOT_SENT:
+            return GatewayResult(
+                Outcome.UNKNOWN, message=f"the repeated create was not sent: {result.message}"
+            )
+        if result.retryable_elsewhere:  # the payment stays with this gateway regardless
+            return attrs.evolve(result, retryable_elsewhere=False)
+        return result
+
+    async def _intent_age_s(
+        self, payment: Payment, attempt: Attempt, retention_s: float
+    ) -> float | None:
+        """Seconds since ``attempt``'s intent was committed (its key first used), None if
+        its intent is not in the history. The payment's own age bounds it from above, so
+        the history is read only for payments older than ``retention_s``."""
+        now = self.clock()
+        age = (now - payment.created_at).total_seconds()
+        if age < retention_s:
+            return age
+        for event in reversed(await self.store.events(payment.id)):
+            if (
+                isinstance(event, ev.PaymentProcessingStarted)
+                and event.attempt_no == attempt.number
+            ):
+                return (now - event.occurred_at).total_seconds()
+        return None
+
     async def sync_payment(self, payment_id: str) -> Payment:
         """Settle what is left open: an in-flight, UNKNOWN or REQUIRES_ACTION attempt (by a
         status lookup), or a capture, refund or void whose answer was lost (by repeating
@@ -770,7 +870,7 @@ class PaymentService(PostAuthorizationOperations):
         if payment.pending is not None:  # first, as in _process
             return await self._run_pending(payment, lease)
         if payment.unresolved_attempt is not None:
-            return await self._resolve(payment, lease)
+            return await self._resolve(payment, lease, repeat_create=True)
         return payment
 
     async def handle_webhook(
@@ -890,10 +990,21 @@ class PaymentService(PostAuthorizationOperations):
         started = time.perf_counter() if self.hooks.wants_operations else 0.0
         try:
             async with self.locks.hold(payment_id, self.engine.lock_timeout_s) as lease:
-                payment = await self.store.load(payment_id)
-                if payment is None:
-                    raise PaymentNotFound(payment_id)
-                result: Payment = await body(payment, lease)
+                # The retry deadline of this operation counts from the lock's grant (with
+                # retries on only: it costs a clock read).
+                deadline = (
+                    operation_deadline.set(self.retrier.deadline())
+                    if self.retrier.enabled
+                    else None
+                )
+                try:
+                    payment = await self.store.load(payment_id)
+                    if payment is None:
+                        raise PaymentNotFound(payment_id)
+                    result: Payment = await body(payment, lease)
+                finally:
+                    if deadline is not None:
+                        operation_deadline.reset(deadline)
         except BaseException as error:
             await self._finished(operation, payment_id, None, error, started)
             raise

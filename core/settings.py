@@ -129,6 +129,61 @@ class GatewayHealthSettings:
         return self.overrides.get(gateway, self.breaker)
 
 
+def _retention_overrides(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    for gateway, seconds in value.items():
+        if seconds <= 0:
+            raise ValueError(
+                f"{attribute.name}.{gateway}: must be greater than 0 (seconds), got {seconds!r}"
+            )
+
+
+@attrs.frozen
+class RetrySettings:
+    """Retries of gateway calls (``[engine.retry]``; see docs/architecture.md, "Retries").
+
+    Only what is safe is repeated, on the same gateway with the same idempotency key: a call
+    that was NOT_SENT (a 429's Retry-After is the least wait), an UNKNOWN authorisation at a
+    gateway that declares ``idempotent_create``, an UNKNOWN capture, void or refund, and
+    status lookups; never a DECLINED. ``max_attempts`` counts the calls of one sequence, the
+    first included. The wait before retry ``n`` is uniform in [0, min(``max_delay_s``,
+    ``base_delay_s`` * 2^(n-1))) ("full jitter"). No retry starts, and no wait is taken, that
+    would end more than ``deadline_s`` after the operation began (per payment, per service
+    call), nor a wait longer than ``max_delay_s`` (a longer Retry-After fails over instead).
+
+    ``enabled`` is off by default: on, a NOT_SENT is retried before it fails over, which
+    changes call counts and failover timing that deployments (and tests) rely on today.
+
+    ``repeat_unknown_create`` is separate and on: when status lookups cannot settle an UNKNOWN
+    authorisation (Stripe's search lags, PayPal has no lookup by request id), reconciliation
+    repeats the create with the same key at a gateway that declares ``idempotent_create``, but
+    only within ``retention_s`` of the attempt's intent (the gateway's own key retention,
+    less a margin: Stripe keeps keys 24 h; PayPal orders only 6 h - set
+    ``retention_overrides = { paypal = 19800 }``). Past it the payment waits for a
+    webhook or an operator: a repeat there could charge again.
+    """
+
+    enabled: bool = False
+    max_attempts: int = attrs.field(default=3, validator=_at_least_one)
+    base_delay_s: float = attrs.field(default=0.1, validator=_positive)
+    max_delay_s: float = attrs.field(default=2.0, validator=_positive)
+    deadline_s: float = attrs.field(default=20.0, validator=_positive)
+    repeat_unknown_create: bool = True
+    retention_s: float = attrs.field(default=82_800.0, validator=_positive)
+    retention_overrides: dict[str, float] = attrs.field(
+        factory=dict, validator=_retention_overrides
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if self.base_delay_s > self.max_delay_s:
+            raise ValueError(
+                f"base_delay_s: must be at most max_delay_s ({self.max_delay_s!r}), "
+                f"got {self.base_delay_s!r}"
+            )
+
+    def retention_for(self, gateway: str) -> float:
+        return self.retention_overrides.get(gateway, self.retention_s)
+
+
 @attrs.frozen
 class EngineSettings:
     """How the engine treats gateways, locks and idempotency records."""
@@ -146,6 +201,8 @@ class EngineSettings:
     reconcile_after_s: float = attrs.field(default=60.0, validator=_positive)
     # Per-gateway health windows and circuit breakers (aegispay.health, aegispay.breaker).
     gateway_health: GatewayHealthSettings = GatewayHealthSettings()
+    # Retries of gateway calls and the repeat of unknown creates (aegispay.retry).
+    retry: RetrySettings = RetrySettings()
 
 
 @attrs.frozen

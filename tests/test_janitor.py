@@ -20,6 +20,7 @@ import anyio
 import attrs
 import pytest
 from aegispay import (
+    AuthorizeRequest,
     ConfigError,
     GatewayResult,
     HookContext,
@@ -34,6 +35,7 @@ from aegispay import (
     hookimpl,
 )
 from aegispay.errors import StoreUnavailable
+from aegispay.gateways import GatewayCapabilities
 from aegispay.janitor import LOCK_KEY, MAX_BACKOFF, Janitor
 from aegispay.locks.memory import MemoryLockManager
 from aegispay.settings import EngineSettings, Settings, load_settings, settings_from_dict
@@ -314,6 +316,56 @@ async def test_a_key_whose_payment_is_still_open_waits_for_reconcile() -> None:
         report = await service.janitor.run_once()
         assert report.resume is not None and dict(report.resume.completed) == {"completed": 1}
         assert gateway.charge_count(lost.id) == 1
+
+
+class LaggingSearchGateway(ScriptedGateway):
+    """Like Stripe: dedupes creates by idempotency key, but its lookup (a search that lags)
+    cannot see a create, so every lookup answers UNKNOWN. The first create of each key is
+    lost on the way (connect timeout: UNKNOWN, nothing charged); a repeat arrives."""
+
+    def __init__(self) -> None:
+        super().__init__("lagging")
+        self.capabilities = GatewayCapabilities(idempotent_create=True)
+        self.lost: set[str] = set()
+
+    async def authorize(self, request: AuthorizeRequest) -> GatewayResult:
+        if request.idempotency_key not in self.lost:
+            self.lost.add(request.idempotency_key)
+            self._record(Operation.AUTHORIZE, request.payment_id, request.idempotency_key, None)
+            return GatewayResult(Outcome.UNKNOWN, message="connect timeout")
+        return await super().authorize(request)
+
+    async def get_status(self, request: StatusRequest) -> GatewayResult:
+        self._record(Operation.STATUS, request.payment_id, request.idempotency_key, None)
+        return GatewayResult(Outcome.UNKNOWN, message="no match yet")
+
+
+async def test_a_pass_repeats_a_create_that_lookups_cannot_see() -> None:
+    # Status lookups cannot settle the attempt; the gateway dedupes creates by key, so the
+    # pass creates it again with the same key: the one charge is made, at the same gateway.
+    gateway = LaggingSearchGateway()
+    backup = ScriptedGateway("backup")
+    clock = Clock()
+    service = service_with([gateway, backup], clock=clock)
+    async with service:
+        lost = await service.pay(request(), idempotency_key="lost")
+        assert lost.state is S.PROCESSING
+        assert gateway.charges == {}
+        clock.advance(61)
+        report = await service.janitor.run_once()
+        settled = await service.get_payment(lost.id)
+    assert report.reconcile is not None
+    assert (report.reconcile.examined, dict(report.reconcile.settled)) == (1, {"completed": 1})
+    assert report.resume is not None and dict(report.resume.completed) == {"completed": 1}
+    assert settled.state is S.COMPLETED
+    assert [(a.gateway, a.outcome) for a in settled.attempts] == [("lagging", Outcome.SUCCEEDED)]
+    key = f"{lost.id}-1"
+    assert [c.idempotency_key for c in gateway.calls if c.operation is Operation.AUTHORIZE] == [
+        key,
+        key,
+    ]
+    assert gateway.charge_count(lost.id) == 1
+    assert backup.calls == []
 
 
 async def test_a_pass_leaves_expired_keys_alone() -> None:

@@ -26,7 +26,8 @@ from aegispay import (
     StatusRequest,
 )
 from aegispay import events as ev
-from aegispay.settings import EngineSettings, PluginConfig
+from aegispay.gateways import GatewayCapabilities
+from aegispay.settings import EngineSettings, PluginConfig, RetrySettings
 from aegispay.testing import ScriptedGateway, make_test_service
 
 pytestmark = pytest.mark.anyio
@@ -395,3 +396,92 @@ async def test_gateway_specific_decline_on_the_last_gateway_fails_with_its_code(
         payment = await service.pay(request())
     assert payment.state is S.FAILED
     assert payment.failure_code == "currency_not_enabled"
+
+
+# -- safe failover: the first gateway charged, the engine saw a timeout ----------------------------
+
+
+class ChargeThenFailGateway(ScriptedGateway):
+    """Charges, then the engine never hears back: the call hangs past the engine's timeout
+    (``failure="timeout"``) or the adapter raises while reading the answer (``"raises"``).
+    A repeat of a key it already processed is answered at once, as an idempotent gateway
+    does. While ``lookups_fail``, status lookups cannot be made (connection refused).
+    ``idempotent_create`` is what it declares (the engine repeats UNKNOWN creates only then).
+    """
+
+    def __init__(self, name: str, failure: str, idempotent_create: bool) -> None:
+        super().__init__(name)
+        self.failure = failure
+        self.never = anyio.Event()
+        self.lookups_fail = True
+        self.capabilities = GatewayCapabilities(idempotent_create=idempotent_create)
+
+    async def authorize(self, request: AuthorizeRequest) -> GatewayResult:
+        repeat = request.idempotency_key in self.answers
+        answer = await super().authorize(request)
+        if repeat:
+            return answer
+        if self.failure == "raises":
+            raise RuntimeError("connection reset while reading the response")
+        await self.never.wait()  # the engine's timeout ends this
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def get_status(self, request: StatusRequest) -> GatewayResult:
+        if self.lookups_fail:
+            self._record(Operation.STATUS, request.payment_id, request.idempotency_key, None)
+            raise GatewayNotSent("connection refused")
+        return await super().get_status(request)
+
+
+@pytest.mark.parametrize("failure", ["timeout", "raises"])
+@pytest.mark.parametrize("idempotent_create", [False, True], ids=["plain", "idempotent"])
+@pytest.mark.parametrize("retries", [False, True], ids=["retries off", "retries on"])
+async def test_a_gateway_that_charged_then_failed_ends_with_exactly_one_charge(
+    failure: str, idempotent_create: bool, retries: bool
+) -> None:
+    """The failover-after-charge proof (issue #4), with retries off and on: after the first
+    gateway charged and the engine saw UNKNOWN, the payment never moves to the backup; it is
+    settled at its own gateway - by a same-key repeat where the gateway dedupes creates,
+    else by a status lookup once one can be made - and exactly one charge exists."""
+    first = ChargeThenFailGateway("first", failure, idempotent_create)
+    backup = ScriptedGateway("backup")
+    engine = EngineSettings(
+        gateway_timeout_s=0.05, status_lookups=2, retry=RetrySettings(enabled=retries)
+    )
+    service = routed([first, backup], engine=engine)
+    waits: list[float] = []
+
+    async def no_wait(seconds: float) -> None:
+        waits.append(seconds)
+
+    service.retrier.sleep = no_wait
+    async with service:
+        with anyio.fail_after(10):
+            paid = await service.pay(request())
+            synced = await service.sync_payment(paid.id)  # lookups still cannot be made
+            first.lookups_fail = False
+            settled = await service.sync_payment(paid.id)
+        history = await event_types(service, paid.id)
+
+    def charges() -> int:
+        return first.charge_count(paid.id) + backup.charge_count(paid.id)
+
+    assert backup.calls == []  # never failed over
+    assert charges() == 1
+    key = f"{paid.id}-1"
+    assert set(calls(first, Operation.AUTHORIZE)) == {key}  # only ever the attempt's own key
+    if retries and idempotent_create:
+        # The in-line repeat with the same key got the original answer.
+        assert paid.state is S.COMPLETED
+        assert calls(first, Operation.AUTHORIZE) == [key, key]
+        assert len(waits) == 1
+    else:
+        assert paid.state is S.PROCESSING
+        assert outcomes(paid) == [(1, "first", Outcome.UNKNOWN)]
+        assert ev.PaymentOutcomeUnknown in history
+        # Reconciliation: a same-key repeat where creates are deduped; else it waits for a
+        # lookup that can be made.
+        assert synced.state is (S.COMPLETED if idempotent_create else S.PROCESSING)
+    assert settled.state is S.COMPLETED
+    assert outcomes(settled) == [(1, "first", Outcome.SUCCEEDED)]
+    assert settled.captured_amount == Money(1000, "USD")
