@@ -4,7 +4,10 @@ Every ``engine.reconcile_interval_s`` seconds (0 switches it off) the janitor ru
 
 1. :meth:`PaymentService.reconcile` settles payments left open at a gateway (PROCESSING,
    UNKNOWN, REQUIRES_ACTION, a pending capture, refund or void) unchanged for
-   ``engine.reconcile_after_s`` seconds, by a status lookup with the same idempotency key;
+   ``engine.reconcile_after_s`` seconds, by a status lookup with the same idempotency key -
+   or, when the lookups cannot see a lost create (Stripe's lagging search, PayPal) and the
+   gateway dedupes creates, by creating it again with the same key at the same gateway
+   (``engine.retry.repeat_unknown_create``, within the gateway's key retention);
 2. :meth:`PaymentService.resume_idempotency_keys` finishes keyed ``pay`` requests left in
    flight as long: it processes a payment a crash left INITIATED and completes the keys of
    payments now settled.

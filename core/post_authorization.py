@@ -184,6 +184,8 @@ class PostAuthorizationOperations:
         else:
             request = VoidRequest(payment.id, key, reference)
             operation = Operation.VOID
+        # With retries on, a NOT_SENT or UNKNOWN answer is repeated first, with this same key
+        # and amount (aegispay.retry); what comes back is the sequence's answer.
         result = await self._call(attempt.gateway, operation, request, attempt.number)
         outcome = result.outcome
         if outcome in (Outcome.UNKNOWN, Outcome.PENDING, Outcome.REQUIRES_ACTION):
