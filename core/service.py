@@ -37,6 +37,7 @@ from .errors import (
     InvalidInput,
     LockTimeout,
     PaymentNotFound,
+    PluginError,
 )
 from .gateway_calls import GatewayCaller, declared_capabilities
 from .gateways import (
@@ -304,6 +305,21 @@ class PaymentService(PostAuthorizationOperations):
         if exc_type is None:
             await self.relay.drain()
         return suppress
+
+    def wrap_gateways(self, wrap: Callable[[Gateway], Gateway]) -> None:
+        """Replace each registered gateway by ``wrap(gateway)`` (same name): for plugins that
+        put something around every gateway, such as fault injection. Call it before the first
+        payment (from ``aegispay_startup``); the caller, health and routing see the wrapped
+        gateways, as they all read this one table."""
+        for name, gateway in list(self._gateways.items()):
+            wrapped = wrap(gateway)
+            if getattr(wrapped, "name", None) != name:
+                raise PluginError(
+                    f"wrap_gateways: wrapping gateway {name!r} must keep its name, "
+                    f"got {getattr(wrapped, 'name', None)!r}"
+                )
+            self._gateways[name] = wrapped
+        self._candidates.clear()  # currencies are re-read from the wrapped gateways
 
     async def aclose(self) -> None:
         """Close the store, the lock manager and every gateway that holds resources (an HTTP

@@ -342,13 +342,9 @@ class FaultInjectionPlugin:
     def install(self, service: PaymentService) -> None:
         """Wrap ``service``'s registered gateways in place and start the run's time.
 
-        The service keeps one gateway table (its ``gateways`` view and its gateway caller
-        read the same dict), so replacing its entries is enough. Must run before the first
-        payment: ``aegispay_startup`` does it."""
+        Must run before the first payment: ``aegispay_startup`` does it."""
         self.check(service.gateways)
-        table: dict[str, Gateway] = service._gateways
-        for name, gateway in list(table.items()):
-            table[name] = self.wrap(gateway)
+        service.wrap_gateways(self.wrap)
         if self.started_at is None:
             self.start()
 

@@ -53,3 +53,19 @@ def test_default_simulated_gateways_step_aside_for_a_real_gateway() -> None:
         ),
     )
     assert sorted(configured.gateways) == ["real", "sim-alpha", "sim-beta", "sim-gamma"]
+
+
+def test_wrap_gateways_replaces_each_gateway_and_keeps_names() -> None:
+    service = make_test_service(gateways=[ScriptedGateway("a"), ScriptedGateway("b")])
+    originals = dict(service.gateways)
+
+    class Wrapped(ScriptedGateway):
+        def __init__(self, inner: ScriptedGateway) -> None:
+            super().__init__(name=inner.name)
+            self.inner = inner
+
+    service.wrap_gateways(Wrapped)
+    assert [type(g) for g in service.gateways.values()] == [Wrapped, Wrapped]
+    assert {n: g.inner for n, g in service.gateways.items()} == originals  # type: ignore[attr-defined]
+    with pytest.raises(Exception, match="must keep its name"):
+        service.wrap_gateways(lambda g: ScriptedGateway("renamed"))
