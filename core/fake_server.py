@@ -20,7 +20,7 @@ import signal
 import threading
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import attrs
@@ -403,3 +403,64 @@ def _to_fake_request(head: h11.Request, body: bytes) -> FakeRequest:
         headers=headers,
         body=body,
     )
+
+
+class LoopbackFake:
+    """What every gateway fake shares: a :class:`LoopbackServer` underneath (``self._server``,
+    set by the fake's ``__init__``), its lifecycle (``start``/``close``, a context manager,
+    ``serve_forever``) and the fault controls of :class:`FakeGatewayControl`. A fake that runs
+    more than the server (a webhook sender, say) extends ``start``/``close`` and calls super."""
+
+    _server: LoopbackServer
+
+    def start(self) -> Self:
+        self._server.start()
+        return self
+
+    def close(self) -> None:
+        self._server.close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def serve_forever(self) -> None:
+        """Serve until interrupted (Ctrl-C or SIGTERM), then close."""
+        self._server.serve_forever()
+
+    @property
+    def base_url(self) -> str:
+        return self._server.base_url
+
+    def inject(
+        self,
+        fault: Fault,
+        *,
+        count: int = 1,
+        method: str | None = None,
+        path_prefix: str = "",
+        latency_s: float = 0.0,
+        retry_after_s: int = 1,
+    ) -> None:
+        """See :meth:`LoopbackServer.inject`."""
+        self._server.inject(
+            fault,
+            count=count,
+            method=method,
+            path_prefix=path_prefix,
+            latency_s=latency_s,
+            retry_after_s=retry_after_s,
+        )
+
+    def received(self) -> list[FakeRequest]:
+        return self._server.received()
+
+    def handler_errors(self) -> list[BaseException]:
+        return self._server.handler_errors()

@@ -33,14 +33,13 @@ import zlib
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from types import TracebackType
 from typing import Any
 
 import attrs
 from aegispay.fake_server import (
     FakeRequest,
     FakeResponse,
-    Fault,
+    LoopbackFake,
     LoopbackServer,
     json_response,
 )
@@ -253,7 +252,7 @@ class _Idempotent:
     response: FakeResponse | None
 
 
-class FakePayPal:
+class FakePayPal(LoopbackFake):
     """A running fake PayPal (start it, or use it as a context manager).
 
     Implements the conformance suite's ``FakeGatewayControl``; the PayPal-specific knobs are
@@ -296,58 +295,7 @@ class FakePayPal:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def start(self) -> FakePayPal:
-        self._server.start()
-        return self
-
-    def close(self) -> None:
-        self._server.close()
-
-    def __enter__(self) -> FakePayPal:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def serve_forever(self) -> None:
-        """Serve until interrupted (Ctrl-C), then close."""
-        self._server.serve_forever()
-
-    @property
-    def base_url(self) -> str:
-        return self._server.base_url
-
     # -- control (FakeGatewayControl) ------------------------------------------------------------
-
-    def inject(
-        self,
-        fault: Fault,
-        *,
-        count: int = 1,
-        method: str | None = None,
-        path_prefix: str = "",
-        latency_s: float = 0.0,
-        retry_after_s: int = 1,
-    ) -> None:
-        self._server.inject(
-            fault,
-            count=count,
-            method=method,
-            path_prefix=path_prefix,
-            latency_s=latency_s,
-            retry_after_s=retry_after_s,
-        )
-
-    def received(self) -> list[FakeRequest]:
-        return self._server.received()
-
-    def handler_errors(self) -> list[BaseException]:
-        return self._server.handler_errors()
 
     def decline_next(self, code: str = "INSTRUMENT_DECLINED") -> None:
         """The next money movement from an order (capture or authorize of the approved order,

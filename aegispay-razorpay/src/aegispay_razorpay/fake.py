@@ -43,11 +43,16 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import httpx
-from aegispay.fake_server import FakeRequest, FakeResponse, Fault, LoopbackServer, json_response
+from aegispay.fake_server import (
+    FakeRequest,
+    FakeResponse,
+    LoopbackFake,
+    LoopbackServer,
+    json_response,
+)
 from aegispay.money import currency_exponent, known_currencies
 from aegispay.webhooks import WebhookKind
 
@@ -69,7 +74,7 @@ from .signatures import checkout_signature, webhook_signature
 __all__ = ["FakeRazorpay", "main"]
 
 
-class FakeRazorpay:
+class FakeRazorpay(LoopbackFake):
     """A running fake Razorpay account (start it with ``with FakeRazorpay() as fake:``).
 
     Implements :class:`aegispay.gateway_conformance.FakeGatewayControl`. Thread-safe: the HTTP
@@ -114,8 +119,8 @@ class FakeRazorpay:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def start(self) -> FakeRazorpay:
-        self._server.start()
+    def start(self) -> Self:
+        super().start()
         if self._webhook_url is not None and self._sender is None:
             self._outbox = queue.Queue()
             self._sender = threading.Thread(
@@ -126,52 +131,18 @@ class FakeRazorpay:
 
     def close(self) -> None:
         """Stop serving and delivering; leaves no thread or socket behind (idempotent)."""
-        self._server.close()
+        super().close()
         sender, outbox = self._sender, self._outbox
         self._sender = None
         if sender is not None and outbox is not None:
             outbox.put(None)
             sender.join()
 
-    def __enter__(self) -> FakeRazorpay:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    @property
-    def base_url(self) -> str:
-        return self._server.base_url
-
     @property
     def key_secret(self) -> str:
         return self._key_secret
 
     # -- FakeGatewayControl ----------------------------------------------------------------------
-
-    def inject(
-        self,
-        fault: Fault,
-        *,
-        count: int = 1,
-        method: str | None = None,
-        path_prefix: str = "",
-        latency_s: float = 0.0,
-        retry_after_s: int = 1,
-    ) -> None:
-        self._server.inject(
-            fault,
-            count=count,
-            method=method,
-            path_prefix=path_prefix,
-            latency_s=latency_s,
-            retry_after_s=retry_after_s,
-        )
 
     def decline_next(self, code: str = "card_declined") -> None:
         """The next payment attempt (token charge or Checkout) is declined by the bank."""
@@ -281,12 +252,6 @@ class FakeRazorpay:
         """Every webhook generated so far (headers, raw body), oldest first."""
         with self._lock:
             return list(self._events)
-
-    def received(self) -> list[FakeRequest]:
-        return self._server.received()
-
-    def handler_errors(self) -> list[BaseException]:
-        return self._server.handler_errors()
 
     def payment(self, payment_id: str) -> dict[str, Any]:
         with self._lock:

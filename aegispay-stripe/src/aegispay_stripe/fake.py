@@ -37,14 +37,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from types import TracebackType
 from typing import Any
 
 import attrs
 from aegispay.fake_server import (
     FakeRequest,
     FakeResponse,
-    Fault,
+    LoopbackFake,
     LoopbackServer,
     json_response,
 )
@@ -131,7 +130,7 @@ class _State:
     pending_refunds: int = 0
 
 
-class FakeStripe:
+class FakeStripe(LoopbackFake):
     """A running fake Stripe account. Use as a context manager, or ``start()`` / ``close()``."""
 
     def __init__(
@@ -156,58 +155,7 @@ class FakeStripe:
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
-    def start(self) -> FakeStripe:
-        self._server.start()
-        return self
-
-    def close(self) -> None:
-        self._server.close()
-
-    def __enter__(self) -> FakeStripe:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def serve_forever(self) -> None:
-        """Serve until interrupted (Ctrl-C), then close."""
-        self._server.serve_forever()
-
-    @property
-    def base_url(self) -> str:
-        return self._server.base_url
-
     # -- controls (FakeGatewayControl and more) ----------------------------------------------------
-
-    def inject(
-        self,
-        fault: Fault,
-        *,
-        count: int = 1,
-        method: str | None = None,
-        path_prefix: str = "",
-        latency_s: float = 0.0,
-        retry_after_s: int = 1,
-    ) -> None:
-        self._server.inject(
-            fault,
-            count=count,
-            method=method,
-            path_prefix=path_prefix,
-            latency_s=latency_s,
-            retry_after_s=retry_after_s,
-        )
-
-    def received(self) -> list[FakeRequest]:
-        return self._server.received()
-
-    def handler_errors(self) -> list[BaseException]:
-        return self._server.handler_errors()
 
     def decline_next(self, code: str = "card_declined") -> None:
         """The next confirmation is declined by the issuer with ``decline_code`` ``code``."""
