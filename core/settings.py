@@ -33,6 +33,7 @@ import cattrs
 from cattrs.v import transform_error
 
 from .errors import ConfigError
+from .validators import not_negative, positive
 
 T = TypeVar("T")
 ENV_PREFIX = "AEGISPAY_"
@@ -44,14 +45,9 @@ TEST_PREFIX = "AEGISPAY_TEST_"
 DEFAULT_FILE = "aegispay.toml"
 
 
-def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name}: must be greater than 0, got {value!r}")
-
-
-def _not_negative(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if value < 0:
-        raise ValueError(f"{attribute.name}: must be 0 or more, got {value!r}")
+# Shared with the plugins' configuration classes (aegispay.validators).
+_positive = positive
+_not_negative = not_negative
 
 
 def _rate(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:

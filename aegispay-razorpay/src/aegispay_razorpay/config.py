@@ -22,36 +22,14 @@ Secrets are kept out of every repr.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
 
 import attrs
 from aegispay.money import known_currencies
+from aegispay.validators import api_base_url, non_empty_secret, positive
 
 from .amounts import SUPPORTED_CURRENCIES
 
 LIVE_BASE_URL = "https://api.razorpay.com"
-
-
-def _non_empty(instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
-    if not value.strip():
-        raise ValueError(f"{attribute.name}: must not be empty")
-
-
-_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
-
-
-def _base_url(instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"base_url: expected an http(s) URL, got {value!r}")
-    # The keys travel in every request's Basic auth: plain http only to a local fake.
-    if parts.scheme == "http" and parts.hostname not in _LOOPBACK:
-        raise ValueError(f"base_url: plain http is allowed for a loopback fake only, got {value!r}")
-
-
-def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name}: must be > 0, got {value!r}")
 
 
 def _currencies(
@@ -82,19 +60,19 @@ def _normalise_url(value: str) -> str:
 
 @attrs.frozen
 class RazorpayConfig:
-    key_id: str = attrs.field(validator=_non_empty)
-    key_secret: str = attrs.field(repr=False, validator=_non_empty)
+    key_id: str = attrs.field(validator=non_empty_secret)
+    key_secret: str = attrs.field(repr=False, validator=non_empty_secret)
     webhook_secret: str | None = attrs.field(default=None, repr=False)
-    name: str = attrs.field(default="razorpay", validator=_non_empty)
+    name: str = attrs.field(default="razorpay", validator=non_empty_secret)
     base_url: str = attrs.field(
-        default=LIVE_BASE_URL, converter=_normalise_url, validator=_base_url
+        default=LIVE_BASE_URL, converter=_normalise_url, validator=api_base_url
     )
     currencies: tuple[str, ...] | None = attrs.field(default=None, validator=_currencies)
-    connect_timeout_s: float = attrs.field(default=5.0, validator=_positive)
+    connect_timeout_s: float = attrs.field(default=5.0, validator=positive)
     # One authorize makes up to five requests; the engine's gateway_timeout_s bounds the whole.
-    read_timeout_s: float = attrs.field(default=10.0, validator=_positive)
-    max_connections: int = attrs.field(default=20, validator=_positive)
-    max_keepalive_connections: int = attrs.field(default=10, validator=_positive)
+    read_timeout_s: float = attrs.field(default=10.0, validator=positive)
+    max_connections: int = attrs.field(default=20, validator=positive)
+    max_keepalive_connections: int = attrs.field(default=10, validator=positive)
     refund_speed: str = attrs.field(default="normal", validator=_speed)
     fixed_fee_minor: int = 0
     fee_bps: int = 200  # Razorpay's standard domestic rate, 2 %

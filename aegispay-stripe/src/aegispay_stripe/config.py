@@ -14,10 +14,10 @@ Secrets are fields with ``repr=False``: a config object can be printed or logged
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
 
 import attrs
 from aegispay.money import known_currencies
+from aegispay.validators import api_base_url, not_negative, positive
 
 from .amounts import STRIPE_CURRENCIES
 from .signature import DEFAULT_TOLERANCE_S
@@ -27,16 +27,6 @@ __all__ = ["LIVE_BASE_URL", "REFUND_REASONS", "StripeConfig"]
 LIVE_BASE_URL = "https://api.stripe.com"  # test mode uses the same host with an sk_test_ key
 # The only refund reasons Stripe accepts; any other reason travels in metadata.
 REFUND_REASONS = frozenset({"duplicate", "fraudulent", "requested_by_customer"})
-
-
-def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name}: must be greater than 0, got {value!r}")
-
-
-def _not_negative(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if value < 0:
-        raise ValueError(f"{attribute.name}: must be 0 or more, got {value!r}")
 
 
 def _secret_key(instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
@@ -50,15 +40,6 @@ def _secret_key(instance: object, attribute: attrs.Attribute[Any], value: str) -
 def _webhook_secret(instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
     if value and not value.startswith("whsec_"):
         raise ValueError(f"{attribute.name}: expected a Stripe signing secret (whsec_...)")
-
-
-def _base_url(instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{attribute.name}: expected an http(s) URL, got {value!r}")
-    if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
-        # A secret key travels in every request: plain HTTP only to a local fake.
-        raise ValueError(f"{attribute.name}: plain http is only allowed to a loopback fake")
 
 
 def _currencies(
@@ -88,15 +69,15 @@ class StripeConfig:
     # Older signing secrets still accepted while a secret is being rolled.
     previous_webhook_secrets: tuple[str, ...] = attrs.field(default=(), repr=False)
     name: str = "stripe"
-    base_url: str = attrs.field(default=LIVE_BASE_URL, validator=_base_url)
+    base_url: str = attrs.field(default=LIVE_BASE_URL, validator=api_base_url)
     api_version: str | None = None  # Stripe-Version header; None: the account's default
-    connect_timeout_s: float = attrs.field(default=5.0, validator=_positive)
-    read_timeout_s: float = attrs.field(default=30.0, validator=_positive)
-    write_timeout_s: float = attrs.field(default=10.0, validator=_positive)
-    pool_timeout_s: float = attrs.field(default=5.0, validator=_positive)
-    max_connections: int = attrs.field(default=20, validator=_positive)
-    max_keepalive_connections: int = attrs.field(default=10, validator=_not_negative)
-    keepalive_expiry_s: float = attrs.field(default=30.0, validator=_not_negative)
+    connect_timeout_s: float = attrs.field(default=5.0, validator=positive)
+    read_timeout_s: float = attrs.field(default=30.0, validator=positive)
+    write_timeout_s: float = attrs.field(default=10.0, validator=positive)
+    pool_timeout_s: float = attrs.field(default=5.0, validator=positive)
+    max_connections: int = attrs.field(default=20, validator=positive)
+    max_keepalive_connections: int = attrs.field(default=10, validator=not_negative)
+    keepalive_expiry_s: float = attrs.field(default=30.0, validator=not_negative)
     # None: every currency Stripe charges in. Narrow it to what the account has enabled.
     currencies: tuple[str, ...] | None = attrs.field(default=None, validator=_currencies)
     payment_method_types: tuple[str, ...] = attrs.field(default=("card",), validator=_methods)
@@ -104,9 +85,9 @@ class StripeConfig:
     # neither, the PaymentIntent is created unconfirmed and the client collects the card.
     default_payment_method: str | None = None
     return_url: str | None = None  # where a redirect (3DS) returns; needed for redirect methods
-    webhook_tolerance_s: int = attrs.field(default=DEFAULT_TOLERANCE_S, validator=_positive)
-    fixed_fee_minor: int = attrs.field(default=30, validator=_not_negative)
-    fee_bps: int = attrs.field(default=290, validator=_not_negative)
+    webhook_tolerance_s: int = attrs.field(default=DEFAULT_TOLERANCE_S, validator=positive)
+    fixed_fee_minor: int = attrs.field(default=30, validator=not_negative)
+    fee_bps: int = attrs.field(default=290, validator=not_negative)
 
     def webhook_secrets(self) -> tuple[str, ...]:
         return tuple(s for s in (self.webhook_secret, *self.previous_webhook_secrets) if s)
