@@ -14,6 +14,11 @@ successful probe, but it is left out of the failure rate. Results of calls admit
 the last state change are recorded in health but do not move the breaker (a slow call from
 before the circuit opened says nothing about the gateway now). State changes go to
 ``on_change``; the default logs them on ``aegispay.breaker`` at WARNING.
+
+Shared across a fleet (:mod:`aegispay.shared_breaker`, optional): a background task adopts
+other workers' openings and closings (:meth:`CircuitBreaker.adopt_open`, ``adopt_close``) and,
+while Redis answers, sets ``shared``: the breaker then half-opens only once ``probe_granted``
+says this worker holds the fleet's one probe slot. The CLOSED path never looks at either.
 """
 
 from __future__ import annotations
@@ -59,8 +64,11 @@ class CircuitBreaker:
         "name",
         "on_change",
         "opened",
+        "probe_granted",
+        "reason",
         "rejected",
         "settings",
+        "shared",
         "state",
         "transitions",
     )
@@ -84,18 +92,31 @@ class CircuitBreaker:
         self.opened = 0  # times the circuit opened
         self.rejected = 0  # calls failed fast
         self.transitions: list[tuple[float, CircuitState, CircuitState, str]] = []
+        self.reason = ""  # why the last state change happened
         self._generation = 0  # bumped on every state change
         self._opened_at = 0.0
         self._probes = 0  # half-open probes in flight
         self._probe_successes = 0
+        # Set by aegispay.shared_breaker while the fleet's state is known: half-open probes
+        # then need ``probe_granted`` (this worker holds the fleet's probe slot).
+        self.shared = False
+        self.probe_granted = False
+
+    @property
+    def generation(self) -> int:
+        """Bumped on every state change (how the shared state notices local changes)."""
+        return self._generation
 
     def _change(self, new: CircuitState, now: float, reason: str) -> None:
         old = self.state
         self.state = new
+        self.reason = reason
         self._generation += 1
         self._probes = 0
         self._probe_successes = 0
         self.consecutive_failures = 0
+        if new is not CircuitState.HALF_OPEN:
+            self.probe_granted = False  # a slot is for one half-open spell
         if new is CircuitState.OPEN:
             self._opened_at = now
             self.opened += 1
@@ -114,11 +135,15 @@ class CircuitBreaker:
         if now is None:
             now = self.clock()
         if state is CircuitState.OPEN:
-            if now - self._opened_at < self.settings.open_timeout_s:
+            if now - self._opened_at < self.settings.open_timeout_s or (
+                self.shared and not self.probe_granted  # the fleet's probe is elsewhere
+            ):
                 self.rejected += 1
                 return REJECTED
             self._change(CircuitState.HALF_OPEN, now, "open timeout elapsed")
-        if self._probes >= self.settings.half_open_max_probes:
+        if self._probes >= self.settings.half_open_max_probes or (
+            self.shared and not self.probe_granted
+        ):
             self.rejected += 1
             return REJECTED
         self._probes += 1
@@ -166,7 +191,7 @@ class CircuitBreaker:
         """True when the next call would be a half-open probe that the breaker would admit:
         routing puts such a gateway first, else a recovered gateway that no strategy ranks
         first (its window still holds the failures that opened it) would never be probed."""
-        if not self.settings.enabled:
+        if not self.settings.enabled or (self.shared and not self.probe_granted):
             return False
         state = self.state
         if state is CircuitState.OPEN:
@@ -174,6 +199,21 @@ class CircuitBreaker:
         if state is CircuitState.HALF_OPEN:
             return self._probes < self.settings.half_open_max_probes
         return False
+
+    def adopt_open(self, remaining_s: float, reason: str, now: float | None = None) -> None:
+        """Another worker opened this circuit: fail fast for ``remaining_s`` more seconds
+        (then half-open as usual), with no failures of our own."""
+        if not self.settings.enabled:
+            return
+        now = self.clock() if now is None else now
+        if self.state is not CircuitState.OPEN:
+            self._change(CircuitState.OPEN, now, f"opened by another worker: {reason}")
+        self._opened_at = now + remaining_s - self.settings.open_timeout_s
+
+    def adopt_close(self, reason: str, now: float | None = None) -> None:
+        """Another worker's probe closed this circuit: close it here too."""
+        if self.state is not CircuitState.CLOSED:
+            self._change(CircuitState.CLOSED, self.clock() if now is None else now, reason)
 
     def reopens_in(self, now: float) -> float:
         """Seconds until an OPEN circuit half-opens (0 when it is not open)."""
@@ -214,6 +254,9 @@ class GatewayMonitor:
         self._dimensions = tuple(i for i, d in enumerate(SEGMENT_DIMENSIONS) if d in enabled)
         self.segments_dropped = 0  # calls not recorded in a segment over max_segments
         self._registry: Any = None
+        # The fleet-wide state in Redis (aegispay.shared_breaker.SharedBreakerState), when
+        # configured: set by aegispay.stack.build_service, run while the service is entered.
+        self.shared: Any = None
         for name in names:
             self.add(name)
 

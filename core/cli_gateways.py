@@ -1,7 +1,9 @@
 """``aegispay gateways``: every gateway's health, latency and circuit state, as a table or JSON.
 
-Health lives in the memory of the process that makes the gateway calls (``GatewayMonitor``);
-shared state across processes (Redis) is not built. A fresh CLI process has seen no traffic,
+Health lives in the memory of the process that makes the gateway calls (``GatewayMonitor``).
+With ``[engine.gateway_health.shared]`` configured, ``--fleet`` instead prints what the running
+workers publish to Redis (``SharedBreakerState.fleet_health``): their window counters summed,
+the highest worker p95, and the fleet's circuit state. A fresh CLI process has seen no traffic,
 so the command can first run a short simulated warm-up: ``--simulate N`` sends N payments
 through a throw-away in-memory service with the configured plugins (amounts, currencies and
 the simulated gateways seeded by ``--seed``; payment ids are random, so outcomes vary a little
@@ -139,6 +141,12 @@ def _table(report: dict[str, Any], segments: bool, title: str) -> Any:
 @click.option("--segments", is_flag=True, help="Also show each currency / method / country.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--prometheus", is_flag=True, help="Print the Prometheus text exposition.")
+@click.option(
+    "--fleet",
+    is_flag=True,
+    help="Print every worker's counters merged, from the shared Redis state "
+    "([engine.gateway_health.shared]).",
+)
 @click.pass_context
 def gateways(
     ctx: click.Context,
@@ -148,6 +156,7 @@ def gateways(
     segments: bool,
     as_json: bool,
     prometheus: bool,
+    fleet: bool,
 ) -> None:
     """Gateway health: score, success rate, p50/p95/p99, circuit state and volume."""
     from .metrics import render_metrics
@@ -166,6 +175,9 @@ def gateways(
     if payments:
         states = anyio.run(warm_up, service, payments, concurrency, seed)
     monitor = service.gateway_monitor
+    if fleet:
+        _print_fleet(monitor.shared, as_json)
+        return
     if prometheus:
         click.echo(render_metrics(monitor.metrics_registry()), nl=False)
         return
@@ -185,3 +197,54 @@ def gateways(
         console = Console(width=120)  # piped: do not squeeze the table into 80 columns
     console.print(_table(report, segments, f"Gateway health, {source}"))
     click.echo("failed = NOT_SENT + UNKNOWN + timeouts in the window; --json has every class")
+
+
+def _print_fleet(shared: Any, as_json: bool) -> None:
+    """The merged view of every live worker, read once from Redis."""
+    if shared is None:
+        raise click.UsageError(
+            '--fleet needs [engine.gateway_health.shared] url = "redis://..." '
+            "(or enabled = true with a redis:// lock URL)"
+        )
+    from redis.exceptions import RedisError
+
+    async def read() -> dict[str, dict[str, Any]]:
+        try:
+            report: dict[str, dict[str, Any]] = await shared.fleet_health()
+            return report
+        finally:
+            await shared.aclose()
+
+    try:
+        report = anyio.run(read)
+    except (RedisError, OSError) as error:
+        raise click.ClickException(f"shared breaker state: {shared!r}: {error}") from None
+    if as_json:
+        click.echo(json.dumps({"source": "fleet", "gateways": report}, sort_keys=True))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Gateway health across the fleet (workers seen within stats_ttl_s)")
+    for column in ("gateway", "workers", "availability", "success", "p95 ms (max)", "circuit"):
+        table.add_column(column, justify="left" if column in ("gateway", "circuit") else "right")
+    table.add_column("volume", justify="right")
+    table.add_column("failed", justify="right")
+    for name, h in report.items():
+        circuit = h["circuit"]
+        if h["reopens_in_s"]:
+            circuit += f" ({h['reopens_in_s']:.1f}s)"
+        table.add_row(
+            name,
+            str(len(h["workers"])),
+            f"{h['availability']:.3f}",
+            f"{h['success_rate']:.3f}",
+            _fmt(h["p95_ms"]),
+            circuit,
+            str(h["volume"]),
+            str(h["failures"]),
+        )
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=120)
+    console.print(table)

@@ -287,6 +287,9 @@ class PaymentService(PostAuthorizationOperations):
         self._task_group.start_soon(self.relay.run, name="aegispay outbox relay")
         if self.janitor.enabled:
             self._task_group.start_soon(self.janitor.run, name="aegispay janitor")
+        if self.gateway_monitor.shared is not None:  # fleet breaker state (aegispay.stack)
+            shared = self.gateway_monitor.shared
+            self._task_group.start_soon(shared.run, name="aegispay shared breaker")
         return self
 
     async def __aexit__(

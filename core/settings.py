@@ -92,6 +92,47 @@ class BreakerSettings:
 
 
 @attrs.frozen
+class SharedBreakerSettings:
+    """Breaker state and health counters shared by a fleet of workers through Redis
+    (``[engine.gateway_health.shared]``; see docs/architecture.md, "Shared breaker state").
+
+    On when ``url`` is set (``redis://`` or ``rediss://``), or when ``enabled`` is true and no
+    url is given: then the service's lock URL (``lock``) is used, and must be a Redis URL.
+    Every ``refresh_s`` seconds a background task publishes this worker's circuit openings
+    and closings and its window counters, and reads the others'. Keys start with ``prefix``;
+    a worker's counters drop out of the fleet view ``stats_ttl_s`` after its last refresh.
+    """
+
+    enabled: bool = False
+    url: str | None = attrs.field(default=None, repr=False)  # may hold a password
+    prefix: str = "aegispay:breaker:"
+    refresh_s: float = attrs.field(default=0.5, validator=_positive)
+    stats_ttl_s: float = attrs.field(default=10.0, validator=_positive)
+
+    def __attrs_post_init__(self) -> None:
+        if self.url is not None and not self.url.startswith(("redis://", "rediss://")):
+            raise ValueError("url: expected a redis:// or rediss:// URL")
+        if self.stats_ttl_s < 2 * self.refresh_s:
+            raise ValueError(
+                f"stats_ttl_s: must be at least twice refresh_s ({self.refresh_s!r}), "
+                f"got {self.stats_ttl_s!r}"
+            )
+
+    def resolve_url(self, lock_url: str | None) -> str | None:
+        """The Redis URL to share state through, None when sharing is off."""
+        if self.url is not None:
+            return self.url
+        if not self.enabled:
+            return None
+        if lock_url is None or not lock_url.startswith(("redis://", "rediss://")):
+            raise ConfigError(
+                "engine.gateway_health.shared: enabled = true needs a url, or a redis:// lock URL"
+                " to share"
+            )
+        return lock_url
+
+
+@attrs.frozen
 class GatewayHealthSettings:
     """Health windows and circuit breakers, for every gateway (``[engine.gateway_health]``).
 
@@ -116,6 +157,8 @@ class GatewayHealthSettings:
     max_segments: int = attrs.field(default=64, validator=_not_negative)
     # How stale a p95 routing may read (recomputing it walks the latency buckets).
     percentile_refresh_s: float = attrs.field(default=1.0, validator=_not_negative)
+    # Fleet-wide breaker state and counters in Redis (aegispay.shared_breaker); off by default.
+    shared: SharedBreakerSettings = SharedBreakerSettings()
 
     def __attrs_post_init__(self) -> None:
         if not self.window_calls and not self.window_s:

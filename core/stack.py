@@ -96,7 +96,9 @@ def build_service(
             allow=settings.plugins.allow,
             deny=settings.plugins.deny,
         )
-    return PaymentService(
+    shared = settings.engine.gateway_health.shared
+    shared_url = shared.resolve_url(settings.lock)  # a ConfigError before anything opens
+    service = PaymentService(
         store=store
         if store is not None
         else open_store(settings.store, migrate=settings.store == DEFAULT_STORE),
@@ -106,3 +108,10 @@ def build_service(
         clock=clock,
         ids=ids,
     )
+    if shared_url is not None:
+        # Fleet-wide breaker state; its refresh task runs while the service is entered.
+        from .shared_breaker import SharedBreakerState
+
+        monitor = service.gateway_monitor
+        monitor.shared = SharedBreakerState(monitor, shared_url, shared)
+    return service

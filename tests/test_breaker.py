@@ -16,6 +16,8 @@ from aegispay.settings import (
     Settings,
 )
 from aegispay.testing import ScriptedGateway, make_test_service
+from hypothesis import given
+from hypothesis import strategies as st
 
 CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
 
@@ -418,3 +420,81 @@ async def test_the_caller_takes_the_country_when_given() -> None:
     assert result.outcome is Outcome.SUCCEEDED
     assert caller.monitor.segment("g", "country", "FR") is not None
     assert caller.monitor.segment("g", "payment_method", "card") is not None
+
+
+# -- fleet-wide state (aegispay.shared_breaker drives these; no Redis here) -----------------
+
+
+def test_an_adopted_open_fails_fast_for_the_remaining_time_then_half_opens() -> None:
+    rig = Rig(failure_threshold=3, open_timeout_s=30.0, success_threshold=1)
+    rig.breaker.adopt_open(12.0, "3 consecutive failures")
+    assert rig.breaker.state is OPEN and rig.breaker.consecutive_failures == 0
+    assert rig.breaker.reopens_in(rig.clock()) == 12.0
+    assert rig.changes == [(CLOSED, OPEN, "opened by another worker: 3 consecutive failures")]
+    rig.clock.now += 11.9
+    assert not rig.call()
+    rig.clock.now += 0.1
+    assert rig.call() and rig.breaker.state is CLOSED  # half-opened alone: not shared
+
+
+def test_adopting_a_later_open_extends_without_a_second_transition() -> None:
+    rig = Rig(failure_threshold=1, open_timeout_s=30.0)
+    rig.fail()
+    rig.breaker.adopt_open(40.0, "probe failed")
+    assert rig.breaker.reopens_in(rig.clock()) == 40.0 and rig.breaker.opened == 1
+    assert [new for _, new, _ in rig.changes] == [OPEN]
+
+
+def test_adopt_close_closes_and_clears_the_window() -> None:
+    rig = Rig(failure_threshold=2)
+    rig.fail(2)
+    rig.breaker.adopt_close("closed elsewhere")
+    assert rig.breaker.state is CLOSED and rig.health.failures == 0
+    assert rig.changes[-1] == (OPEN, CLOSED, "closed elsewhere")
+    rig.breaker.adopt_close("again")  # already closed: nothing
+    assert len(rig.changes) == 2
+
+
+def test_a_disabled_breaker_adopts_nothing() -> None:
+    rig = Rig(enabled=False)
+    rig.breaker.adopt_open(10.0, "elsewhere")
+    assert rig.breaker.state is CLOSED and rig.call()
+
+
+def test_shared_breaker_half_opens_only_with_the_probe_slot() -> None:
+    rig = Rig(failure_threshold=1, open_timeout_s=5.0, success_threshold=1)
+    rig.breaker.shared = True
+    rig.fail()
+    rig.clock.now += 5.0
+    assert not rig.breaker.wants_probe(rig.clock()) and not rig.call()
+    assert rig.breaker.state is OPEN  # still waiting for the slot, not half-open
+    rig.breaker.probe_granted = True
+    assert rig.breaker.wants_probe(rig.clock())
+    token = rig.breaker.allow()
+    assert token != REJECTED and rig.breaker.state is HALF_OPEN
+    rig.breaker.probe_granted = False  # the slot went elsewhere mid-spell
+    assert rig.breaker.allow() == REJECTED
+    rig.breaker.record(token, failed=True)
+    assert rig.breaker.state is OPEN and not rig.breaker.probe_granted  # the grant is spent
+
+
+@given(
+    steps=st.lists(
+        st.tuples(st.floats(0, 20), st.sampled_from(list(CallClass)), st.booleans()),
+        max_size=40,
+    )
+)
+def test_without_the_slot_an_open_shared_breaker_admits_nothing(
+    steps: list[tuple[float, CallClass, bool]],
+) -> None:
+    """Whatever time passes and whatever is adopted, a shared breaker without the probe slot
+    never lets a call through once open (the CLOSED path is not affected)."""
+    rig = Rig(failure_threshold=1, open_timeout_s=5.0)
+    rig.breaker.shared = True
+    rig.fail()
+    for elapsed, cls, adopt in steps:
+        rig.clock.now += elapsed
+        if adopt:
+            rig.breaker.adopt_open(elapsed, "elsewhere")
+        assert not rig.call(cls)
+        assert rig.breaker.state is OPEN
