@@ -24,7 +24,15 @@ from .errors import (
     OperationNotAllowed,
     OutcomeUnknown,
 )
-from .gateways import CaptureRequest, Operation, Outcome, RefundRequest, VoidRequest
+from .gateways import (
+    CaptureRequest,
+    Gateway,
+    GatewayCapabilities,
+    Operation,
+    Outcome,
+    RefundRequest,
+    VoidRequest,
+)
 from .locks.base import Lease
 from .money import Money
 from .payment import Payment
@@ -40,6 +48,7 @@ _CANCELLABLE = frozenset({S.INITIATED, S.AUTHORIZED, S.REQUIRES_ACTION})
 class PostAuthorizationOperations:
     clock: Callable[[], datetime]
     _call: GatewayCaller
+    _gateways: dict[str, Gateway]
 
     if TYPE_CHECKING:
 
@@ -68,6 +77,7 @@ class PostAuthorizationOperations:
         if payment.state is not S.AUTHORIZED:
             raise InvalidTransition(payment.id, payment.state, S.COMPLETED, "capture")
         amount = self._operation_amount(payment, amount, payment.authorized_amount, "capture")
+        self._check_partial(payment, amount, payment.authorized_amount, "capture")
         intent = ev.CaptureRequested(
             payment_id=payment.id,
             version=payment.version + 1,
@@ -130,6 +140,7 @@ class PostAuthorizationOperations:
         if payment.state not in (S.COMPLETED, S.PARTIALLY_REFUNDED):
             raise InvalidTransition(payment.id, payment.state, S.REFUNDED, "refund")
         amount = self._operation_amount(payment, amount, payment.refundable_amount, "refund")
+        self._check_partial(payment, amount, payment.captured_amount, "refund")
         refund_no = len(payment.refunds) + 1
         intent = ev.RefundRequested(
             payment_id=payment.id,
@@ -142,6 +153,27 @@ class PostAuthorizationOperations:
         )
         payment = await self._commit(payment, lease, [intent])
         return await self._run_pending(payment, lease)
+
+    def _check_partial(self, payment: Payment, amount: Money, whole: Money, operation: str) -> None:
+        """A partial capture or refund only where the payment's gateway declares it can
+        (``GatewayCapabilities``); refused before anything is written. A gateway that declares
+        no capabilities is not second-guessed."""
+        if amount == whole:
+            return
+        attempt = next(
+            (a for a in reversed(payment.attempts) if a.outcome is Outcome.SUCCEEDED), None
+        )
+        if attempt is None:
+            return
+        declared = getattr(self._gateways.get(attempt.gateway), "capabilities", None)
+        if isinstance(declared, GatewayCapabilities) and not getattr(
+            declared, f"partial_{operation}"
+        ):
+            raise OperationNotAllowed(
+                payment.id,
+                f"gateway {attempt.gateway!r} does not support a partial {operation} "
+                f"({amount} of {whole}); {operation} the whole amount",
+            )
 
     @staticmethod
     def _resumable(payment: Payment, kind: str, amount: Money | None) -> bool:

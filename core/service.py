@@ -43,6 +43,7 @@ from .gateway_calls import GatewayCaller, declared_capabilities
 from .gateways import (
     AuthorizeRequest,
     Gateway,
+    GatewayCapabilities,
     GatewayResult,
     Operation,
     Outcome,
@@ -78,6 +79,18 @@ from .webhooks import WebhookResult, handle_webhook
 
 log = logging.getLogger("aegispay.service")
 S = PaymentState
+
+
+def _can_take(gateway: Gateway, currency: str, manual_capture: bool) -> bool:
+    """What a gateway's declared ``GatewayCapabilities`` rule out before routing: a currency
+    it lists as unsupported, a manual-capture payment where it cannot authorise only. A
+    gateway that declares no capabilities is judged by its ``supported_currencies`` alone."""
+    declared = getattr(gateway, "capabilities", None)
+    if not isinstance(declared, GatewayCapabilities):
+        return True
+    if declared.currencies is not None and currency not in declared.currencies:
+        return False
+    return declared.manual_capture or not manual_capture
 
 
 def _drop_demo_gateways(gateways: dict[str, Gateway]) -> None:
@@ -219,7 +232,8 @@ class PaymentService(PostAuthorizationOperations):
         self._collect("aegispay_register_event_sinks", sinks, EventSink, config=True)
         self._collect_event_types()
         self.gateways: Mapping[str, Gateway] = MappingProxyType(self._gateways)
-        self._candidates: dict[str, list[str]] = {}  # currency -> gateways that take it
+        # (currency, manual capture) -> the gateways that can take such a payment
+        self._candidates: dict[tuple[str, bool], list[str]] = {}
         store.use_event_types(self.event_types)
         self.relay = OutboxRelay(store, list(sinks.values()), self.hooks)
         # Health window and circuit breaker per gateway, fed by every gateway call.
@@ -596,18 +610,19 @@ class PaymentService(PostAuthorizationOperations):
     async def _route(
         self, payment: Payment, context: HookContext, excluded: Sequence[str]
     ) -> RouteDecision:
-        currency = payment.amount.currency
-        candidates = self._candidates.get(currency)
+        currency, manual = payment.amount.currency, payment.capture_mode == "manual"
+        candidates = self._candidates.get((currency, manual))
         if candidates is None:  # gateways are fixed once the service is built: cache
-            candidates = self._candidates[currency] = [
+            candidates = self._candidates[currency, manual] = [
                 name
                 for name, gateway in self._gateways.items()
-                if supports_currency(gateway, currency)
+                if supports_currency(gateway, currency) and _can_take(gateway, currency, manual)
             ]
         if excluded:
             candidates = [name for name in candidates if name not in excluded]
         if not candidates:
-            return RouteDecision((), f"no registered gateway supports {currency}")
+            needs = f"{currency} with manual capture" if manual else currency
+            return RouteDecision((), f"no registered gateway supports {needs}")
         # Routers get their own copy: what they do to it must not leak into the cache.
         decision = await self.hooks.select_gateway(payment, list(candidates), context)
         if decision is None:

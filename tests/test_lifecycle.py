@@ -5,6 +5,7 @@ from __future__ import annotations
 import attrs
 import pytest
 from aegispay import (
+    GatewayCapabilities,
     GatewayDeclined,
     GatewayResult,
     GatewayUnavailable,
@@ -543,3 +544,45 @@ async def test_automatic_capture_not_sent_leaves_an_authorised_payment_to_captur
     assert captured.captured_amount == usd(800)
     assert gateway.charge_count(created.id) == 1
     assert gateway.captured[created.id] == 800
+
+
+# -- declared capabilities ----------------------------------------------------------------------
+
+
+def declaring(name: str, **capabilities: object) -> ScriptedGateway:
+    gateway = ScriptedGateway(name)
+    gateway.capabilities = GatewayCapabilities(**capabilities)  # type: ignore[attr-defined,arg-type]
+    return gateway
+
+
+async def test_routing_skips_gateways_whose_capabilities_rule_the_payment_out() -> None:
+    auto_only = declaring("auto_only", manual_capture=False, partial_capture=True)
+    eur_only = declaring("eur_only", currencies=frozenset({"EUR"}), manual_capture=True)
+    both = declaring("both", manual_capture=True, partial_capture=True)
+    service = make_test_service(gateways=[auto_only, eur_only, both])
+    async with service:
+        manual = await service.pay(request(1000, capture_mode="manual"))
+        automatic = await service.pay(request(1000))
+    assert [a.gateway for a in manual.attempts] == ["both"]  # USD, authorise only
+    assert [a.gateway for a in automatic.attempts] == ["auto_only"]
+    lonely = make_test_service(gateways=[auto_only])
+    async with lonely:
+        refused = await lonely.pay(request(1000, capture_mode="manual"))
+    assert refused.state is S.FAILED
+    assert "manual capture" in (refused.failure_message or "")
+
+
+async def test_partial_operations_only_where_the_gateway_declares_them() -> None:
+    gateway = declaring("whole_only", manual_capture=True)  # no partial capture or refund
+    service = make_test_service(gateways=[gateway])
+    async with service:
+        authorized = await authorized_payment(service, 1000)
+        with pytest.raises(OperationNotAllowed, match="does not support a partial capture"):
+            await service.capture(authorized.id, usd(600))
+        assert await service.get_payment(authorized.id) == authorized  # nothing written
+        captured = await service.capture(authorized.id, usd(1000))  # the whole amount is fine
+        with pytest.raises(OperationNotAllowed, match="does not support a partial refund"):
+            await service.refund(captured.id, usd(100))
+        refunded = await service.refund(captured.id)
+    assert refunded.state is S.REFUNDED
+    assert ops(gateway, Operation.REFUND) and len(ops(gateway, Operation.CAPTURE)) == 1
