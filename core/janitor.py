@@ -118,6 +118,8 @@ class Janitor:
         self.passes = 0
         self.consecutive_failures = 0
         self._busy = False
+        self._stopping = False
+        self._sleeping: anyio.CancelScope | None = None
 
     @property
     def enabled(self) -> bool:
@@ -133,9 +135,22 @@ class Janitor:
         """Run a pass after every :meth:`delay` until cancelled (a no-op when disabled)."""
         if not self.enabled:
             return
-        while True:
-            await self.sleep(self.delay())
+        while not self._stopping:
+            with anyio.CancelScope() as self._sleeping:
+                await self.sleep(self.delay())
+            self._sleeping = None
+            if self._stopping:
+                return
             await self.run_once()
+
+    def stop(self) -> None:
+        """Finish the pass in progress (if any), then return from :meth:`run`; a wait for the
+        next pass ends now. The service stops its janitor this way rather than cancelling it
+        mid-query: a database call cancelled halfway leaves the driver a connection to tear
+        down, which aiosqlite could not always finish at interpreter shutdown."""
+        self._stopping = True
+        if self._sleeping is not None:
+            self._sleeping.cancel()
 
     async def run_once(self) -> JanitorReport:
         """Run one pass now, unless one is running (then return a skipped report). Never

@@ -79,6 +79,8 @@ from .webhooks import WebhookResult, handle_webhook
 
 log = logging.getLogger("aegispay.service")
 S = PaymentState
+# How long leaving a service waits for its relay and janitor to finish their current step.
+_STOP_GRACE_S = 30.0
 
 
 def _can_take(gateway: Gateway, currency: str, manual_capture: bool) -> bool:
@@ -255,6 +257,7 @@ class PaymentService(PostAuthorizationOperations):
             self, self.engine.reconcile_interval_s, self.engine.reconcile_after_s
         )
         self._task_group: TaskGroup | None = None
+        self._shared_scope: anyio.CancelScope | None = None
 
     # -- building -------------------------------------------------------------------------
 
@@ -301,10 +304,19 @@ class PaymentService(PostAuthorizationOperations):
         self._task_group.start_soon(self.relay.run, name="aegispay outbox relay")
         if self.janitor.enabled:
             self._task_group.start_soon(self.janitor.run, name="aegispay janitor")
+        self._shared_scope = None
         if self.gateway_monitor.shared is not None:  # fleet breaker state (aegispay.stack)
-            shared = self.gateway_monitor.shared
-            self._task_group.start_soon(shared.run, name="aegispay shared breaker")
+            self._shared_scope = anyio.CancelScope()
+            self._task_group.start_soon(
+                self._run_in, self._shared_scope, self.gateway_monitor.shared.run,
+                name="aegispay shared breaker",
+            )  # fmt: skip
         return self
+
+    @staticmethod
+    async def _run_in(scope: anyio.CancelScope, run: Callable[[], Awaitable[None]]) -> None:
+        with scope:
+            await run()
 
     async def __aexit__(
         self,
@@ -315,8 +327,14 @@ class PaymentService(PostAuthorizationOperations):
         if self._task_group is None:
             return None
         # Stop the background relay first, then publish what is left from this task, so no
-        # batch is handed to listeners twice by two relays racing.
-        self._task_group.cancel_scope.cancel()
+        # batch is handed to listeners twice by two relays racing. The relay and the janitor
+        # finish the step they are in (no database call is cancelled halfway); past
+        # _STOP_GRACE_S they are cancelled all the same.
+        self.relay.stop()
+        self.janitor.stop()
+        if self._shared_scope is not None:
+            self._shared_scope.cancel()
+        self._task_group.cancel_scope.deadline = anyio.current_time() + _STOP_GRACE_S
         task_group, self._task_group = self._task_group, None
         suppress = await task_group.__aexit__(exc_type, exc, tb)
         if exc_type is None:

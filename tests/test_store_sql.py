@@ -12,6 +12,7 @@ import anyio
 import attrs
 import pytest
 from _services import POSTGRES_URL, service_unavailable
+from aegispay import Money, PaymentRequest
 from aegispay.errors import (
     ConcurrencyConflict,
     ConfigError,
@@ -321,3 +322,30 @@ async def test_missing_schema_is_a_store_error(anyio_backend: str) -> None:
             await store.load("pay_1")
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_leaving_a_service_cancels_no_database_call_halfway(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    """The relay and the janitor are stopped between steps, not cancelled mid-query: a call
+    cancelled halfway makes SQLAlchemy tear the connection down in a background task, which
+    hung interpreter shutdown about once in 40 runs (aiosqlite)."""
+    from aegispay.settings import Settings
+    from aegispay.testing import make_test_service
+    from sqlalchemy import event
+
+    url = f"sqlite:///{tmp_path / 'pay.db'}"
+    torn_down: list[object] = []
+    for _ in range(5):
+        store = SqlStore(url)
+        await store.upgrade_schema()
+        event.listen(store._engine.sync_engine, "invalidate", lambda *a: torn_down.append(a))
+        service = make_test_service(store=store, settings=Settings(store=url))
+        try:
+            async with service:
+                for _ in range(5):
+                    await service.pay(PaymentRequest(Money(1000, "USD")))
+        finally:
+            await service.aclose()
+    assert torn_down == []
