@@ -173,6 +173,9 @@ class GatewayCapabilities:
     idempotent_create: bool = False
     authoritative_status: bool = False
     webhooks: bool = False
+    # How long the gateway remembers an idempotency key (None: not declared). A create is
+    # repeated with the same key only well inside it (aegispay.retry, reconcile).
+    idempotency_retention_s: float | None = None
 
 
 def capabilities_of(gateway: Gateway) -> GatewayCapabilities:

@@ -79,6 +79,9 @@ from .webhooks import WebhookResult, handle_webhook
 
 log = logging.getLogger("aegispay.service")
 S = PaymentState
+# A create is repeated with its key only within this share of the key retention a gateway
+# declares (clocks differ, and a repeat after the gateway forgot the key could charge again).
+_RETENTION_MARGIN = 0.9
 # How long leaving a service waits for its relay and janitor to finish their current step.
 _STOP_GRACE_S = 30.0
 
@@ -855,8 +858,9 @@ class PaymentService(PostAuthorizationOperations):
         gateway declares ``idempotent_create``: it answers with the original result, or makes
         the one charge if the original never arrived. None when not allowed: the attempt is
         not in flight or UNKNOWN, the gateway does not dedupe creates, or the key is older
-        than the gateway keeps keys (``engine.retry.retention_s``; a repeat could then
-        charge twice, so the payment waits for a webhook or an operator).
+        than the gateway keeps keys (``engine.retry.retention_s``, capped at 90 % of the
+        ``idempotency_retention_s`` its capabilities declare; a repeat could then charge
+        twice, so the payment waits for a webhook or an operator).
 
         The repeat's NOT_SENT says only that the repeat did not arrive: it comes back as
         UNKNOWN, so the payment never moves to another gateway from here."""
@@ -867,6 +871,9 @@ class PaymentService(PostAuthorizationOperations):
         if gateway is None or not declared_capabilities(gateway).idempotent_create:
             return None
         retention = settings.retention_for(attempt.gateway)
+        declared = declared_capabilities(gateway).idempotency_retention_s
+        if declared is not None:  # the adapter knows its gateway: never trust a longer window
+            retention = min(retention, declared * _RETENTION_MARGIN)
         age = await self._intent_age_s(payment, attempt, retention)
         if age is None or age >= retention:
             log.warning(

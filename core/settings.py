@@ -196,8 +196,10 @@ class RetrySettings:
     authorisation (Stripe's search lags, PayPal has no lookup by request id), reconciliation
     repeats the create with the same key at a gateway that declares ``idempotent_create``, but
     only within ``retention_s`` of the attempt's intent (the gateway's own key retention,
-    less a margin: Stripe keeps keys 24 h; PayPal orders only 6 h - set
-    ``retention_overrides = { paypal = 19800 }``). Past it the payment waits for a
+    less a margin: Stripe keeps keys 24 h; PayPal orders only 6 h). A gateway that declares
+    ``GatewayCapabilities.idempotency_retention_s`` caps it at 90 % of that whatever is
+    configured here (the Stripe and PayPal packages declare theirs); ``retention_overrides =
+    { name = seconds }`` shortens it further per gateway. Past it the payment waits for a
     webhook or an operator: a repeat there could charge again.
     """
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+import attrs
 import pytest
 from aegispay import (
     AuthorizeRequest,
@@ -724,6 +725,24 @@ async def test_no_repeat_once_the_gateway_may_have_forgotten_the_key(
     assert still.state is S.PROCESSING
     assert len(keys(first)) == 1 and first.charges == {}
     assert "older than the 3600s the gateway keeps it" in caplog.text
+
+
+async def test_a_declared_key_retention_caps_the_configured_window(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Configured for a day, but the adapter says its gateway forgets keys after 6 h (PayPal
+    # orders): a repeat at 5.5 h is past 90 % of that and could charge a second time.
+    clock = WallClock()
+    first = lagging("first", "lost_before")
+    first.capabilities = attrs.evolve(first.capabilities, idempotency_retention_s=6 * 3600)
+    service, _ = build([first], retry=RetrySettings(retention_s=86_400), clock=clock)
+    async with service:
+        pending = await service.pay(request())
+        clock.advance(5.5 * 3600)
+        still = await service.sync_payment(pending.id)
+    assert still.state is S.PROCESSING
+    assert len(keys(first)) == 1 and first.charges == {}
+    assert "older than the 19440s the gateway keeps it" in caplog.text
 
 
 async def test_the_window_counts_from_the_attempt_not_the_payment() -> None:

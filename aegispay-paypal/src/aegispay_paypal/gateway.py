@@ -136,6 +136,9 @@ class PayPalGateway:
             # in the order, which lists all of them (there, "not found" is NOT_SENT).
             authoritative_status=False,
             webhooks=config.webhook_id is not None,
+            # PayPal-Request-Id is kept 6 h for orders (45 days for captures and refunds):
+            # an order create is repeated with its key only well inside 6 h.
+            idempotency_retention_s=6 * 3600,
         )
         self._transport = transport
         self._clock = clock

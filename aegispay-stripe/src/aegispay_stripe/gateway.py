@@ -102,6 +102,7 @@ class StripeGateway:
             # to a minute: "not found" cannot be answered as NOT_SENT.
             authoritative_status=False,
             webhooks=bool(config.webhook_secret),
+            idempotency_retention_s=24 * 3600,  # Stripe keeps keys at least 24 h
         )
         self._clock = clock
         self._transport = transport
