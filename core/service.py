@@ -576,7 +576,7 @@ class PaymentService(PostAuthorizationOperations):
         point, state = progress(payment)
         try:
             return await self.store.idempotency_advance(
-                scope, key, payment.id, point, state, self.clock()
+                IdempotencyProgress(scope, key, payment.id, point, state, self.clock())
             )
         except AegisPayError as error:
             if not quiet:
@@ -1031,10 +1031,11 @@ class PaymentService(PostAuthorizationOperations):
     async def _touch(self, record: IdempotencyRecord) -> None:
         """Refresh ``locked_at`` of an in-flight record at its point (best effort)."""
         try:
-            await self.store.idempotency_advance(
+            step = IdempotencyProgress(
                 record.scope, record.key, record.payment_id, record.recovery_point,
                 IN_FLIGHT, self.clock(),
             )  # fmt: skip
+            await self.store.idempotency_advance(step)
         except AegisPayError as error:
             log.warning("idempotency key %r (%s): not touched: %s", record.key, record.scope, error)
 

@@ -473,7 +473,9 @@ class StoreConformance:
         await store.commit(attrs.evolve(c, idempotency=in_flight(c.payment, "k", locked_at=at(0))))
 
         async def advance(point: Any, state: Any, when: int, payment_id: str = "pay_1") -> bool:
-            return await store.idempotency_advance("m_1", "k", payment_id, point, state, at(when))
+            return await store.idempotency_advance(
+                IdempotencyProgress("m_1", "k", payment_id, point, state, at(when))
+            )
 
         async def current() -> tuple[Any, ...]:
             record = await store.find_idempotency("m_1", "k")
@@ -488,7 +490,7 @@ class StoreConformance:
         assert await current() == ("processing", "in_flight", at(7))
         assert not await advance("finished", "completed", 8, payment_id="pay_other")
         assert not await store.idempotency_advance(
-            "m_1", "absent", "pay_1", "finished", "completed", at(8)
+            IdempotencyProgress("m_1", "absent", "pay_1", "finished", "completed", at(8))
         )
         assert await advance("finished", "completed", 9)
         assert await current() == ("finished", "completed", None)
@@ -536,7 +538,7 @@ class StoreConformance:
         c = change(None, [initiated("pay_1")])
         await store.commit(attrs.evolve(c, idempotency=idem(c.payment)))
         assert not await store.idempotency_advance(
-            "m_1", "key-1", "pay_1", "processing", "in_flight", at(1)
+            IdempotencyProgress("m_1", "key-1", "pay_1", "processing", "in_flight", at(1))
         )
         assert await store.find_idempotency("m_1", "key-1") == idem(c.payment)
 
@@ -575,10 +577,14 @@ class StoreConformance:
         ]  # fmt: skip
         # Touched: to the back of the queue, and not stale any more.
         assert await store.idempotency_advance(
-            "m_1", "older", records["older"].payment_id, "created", "in_flight", at(30)
+            IdempotencyProgress(
+                "m_1", "older", records["older"].payment_id, "created", "in_flight", at(30)
+            )
         )
         assert await store.idempotency_advance(
-            "m_1", "old", records["old"].payment_id, "finished", "completed", at(30)
+            IdempotencyProgress(
+                "m_1", "old", records["old"].payment_id, "finished", "completed", at(30)
+            )
         )
         assert keys(await store.idempotency_in_flight(at(15))) == ["expiring", "other-scope"]
         assert keys(await store.idempotency_in_flight(at(100))) == [
@@ -611,7 +617,7 @@ class StoreConformance:
         assert sorted(await store.payment_ids()) == ["pay_1", "pay_2"]
         assert await store.load("pay_1") == first.payment
         assert not await store.idempotency_advance(
-            "m_1", "key-1", "pay_1", "finished", "completed", at(101)
+            IdempotencyProgress("m_1", "key-1", "pay_1", "finished", "completed", at(101))
         )
         assert await store.idempotency_in_flight(at(1_000)) == []
         assert await store.find_idempotency("m_1", "key-1") == new

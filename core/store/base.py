@@ -146,18 +146,11 @@ class PaymentStore(Protocol):
         is treated as absent; without, the stored record is returned whatever its expiry
         (the stores' own conflict path, which only meets unexpired records)."""
 
-    async def idempotency_advance(
-        self,
-        scope: str,
-        key: str,
-        payment_id: str,
-        recovery_point: RecoveryPoint,
-        state: IdempotencyState,
-        at: datetime,
-    ) -> bool:
-        """Move the in-flight record ``(scope, key)`` of ``payment_id`` to ``recovery_point``
-        and ``state`` in one conditional write; ``locked_at`` becomes ``at`` while in flight,
-        ``None`` once completed. Writes nothing and returns False when the record is absent,
+    async def idempotency_advance(self, step: IdempotencyProgress) -> bool:
+        """Move the in-flight record ``(step.scope, step.key)`` of ``step.payment_id`` to
+        ``step.recovery_point`` and ``step.state`` in one conditional write (what a change's
+        ``progress`` does inside its transaction); ``locked_at`` becomes ``step.at`` while in
+        flight, ``None`` once completed. Writes nothing and returns False when the record is absent,
         belongs to another payment (replaced after expiry), is already completed, or is past
         ``recovery_point``: a record never moves backwards, so a slow writer cannot undo a
         faster one's progress. Separate from ``commit``: the payment is the source of truth,

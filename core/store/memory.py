@@ -30,8 +30,6 @@ from .base import (
     IdempotencyClaimed,
     IdempotencyProgress,
     IdempotencyRecord,
-    IdempotencyState,
-    RecoveryPoint,
     advances,
     is_unsettled,
 )
@@ -117,16 +115,8 @@ class MemoryStore:
             return None
         return record
 
-    async def idempotency_advance(
-        self,
-        scope: str,
-        key: str,
-        payment_id: str,
-        recovery_point: RecoveryPoint,
-        state: IdempotencyState,
-        at: datetime,
-    ) -> bool:
-        return self._advance(IdempotencyProgress(scope, key, payment_id, recovery_point, state, at))
+    async def idempotency_advance(self, step: IdempotencyProgress) -> bool:
+        return self._advance(step)
 
     def _advance(self, step: IdempotencyProgress) -> bool:
         """Forward only, while in flight and naming this payment (see the protocol)."""

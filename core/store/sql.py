@@ -54,8 +54,6 @@ from .base import (
     IdempotencyClaimed,
     IdempotencyProgress,
     IdempotencyRecord,
-    IdempotencyState,
-    RecoveryPoint,
     is_unsettled,
 )
 from .group_commit import Coalescer
@@ -738,16 +736,7 @@ class SqlStore:
     # With group commit, concurrent advances share a transaction (created on first use).
     _advances: Coalescer[IdempotencyProgress, bool] | None = None
 
-    async def idempotency_advance(
-        self,
-        scope: str,
-        key: str,
-        payment_id: str,
-        recovery_point: RecoveryPoint,
-        state: IdempotencyState,
-        at: datetime,
-    ) -> bool:
-        step = IdempotencyProgress(scope, key, payment_id, recovery_point, state, at)
+    async def idempotency_advance(self, step: IdempotencyProgress) -> bool:
         if self._commits is None:
             (result,) = await self._advance_batch([step])
         else:
