@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
@@ -190,3 +190,38 @@ def capabilities_of(gateway: Gateway) -> GatewayCapabilities:
             f"GatewayCapabilities, not {type(declared).__name__}"
         )
     return GatewayCapabilities(currencies=getattr(gateway, "supported_currencies", None))
+
+
+class GatewayWrapper:
+    """A gateway put around another (fault injection, a simulation's saved instruments): the
+    same name, currencies, fees and capabilities, every call passed to ``inner`` unless a
+    subclass overrides it, and anything else (``aclose``, ``parse_webhook``...) read from
+    ``inner``. Install wrappers with ``PaymentService.wrap_gateways``."""
+
+    def __init__(self, inner: Gateway) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.supported_currencies = inner.supported_currencies
+        self.fees = inner.fees
+        self.capabilities = capabilities_of(inner)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for attributes the wrapper does not define itself.
+        if name == "inner":  # not set yet (a half-built copy): no endless recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    async def authorize(self, request: AuthorizeRequest) -> GatewayResult:
+        return await self.inner.authorize(request)
+
+    async def capture(self, request: CaptureRequest) -> GatewayResult:
+        return await self.inner.capture(request)
+
+    async def void(self, request: VoidRequest) -> GatewayResult:
+        return await self.inner.void(request)
+
+    async def refund(self, request: RefundRequest) -> GatewayResult:
+        return await self.inner.refund(request)
+
+    async def get_status(self, request: StatusRequest) -> GatewayResult:
+        return await self.inner.get_status(request)

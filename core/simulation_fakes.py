@@ -35,13 +35,9 @@ import attrs
 from .errors import AegisPayError, ConfigError
 from .gateways import (
     AuthorizeRequest,
-    CaptureRequest,
     Gateway,
     GatewayResult,
-    RefundRequest,
-    StatusRequest,
-    VoidRequest,
-    capabilities_of,
+    GatewayWrapper,
 )
 from .hookspecs import hookimpl
 from .settings import PluginConfig, Settings
@@ -50,7 +46,6 @@ if TYPE_CHECKING:
     from .observe import GatewayCall, OperationRecord
     from .service import PaymentService
     from .simulation import SimulationOptions
-    from .webhooks import WebhookUpdate
 
 #: The card every simulated request names (``aegispay.simulation.generate``): a Stripe test
 #: PaymentMethod that succeeds without 3-D Secure.
@@ -168,7 +163,7 @@ def _import_package(gateway: str, module: str) -> Any:
         ) from None
 
 
-class SavedInstrumentGateway:
+class SavedInstrumentGateway(GatewayWrapper):
     """A package's adapter, unchanged, except that an authorization naming the simulation's
     card charges the customer's instrument saved at this gateway (:data:`SAVED_INSTRUMENTS`).
 
@@ -177,12 +172,8 @@ class SavedInstrumentGateway:
     """
 
     def __init__(self, inner: Gateway, instrument: str) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.instrument = instrument
-        self.name = inner.name
-        self.supported_currencies = inner.supported_currencies
-        self.fees = inner.fees
-        self.capabilities = capabilities_of(inner)
 
     def __repr__(self) -> str:
         return f"SavedInstrumentGateway({self.inner!r})"  # the adapter's repr hides secrets
@@ -191,29 +182,6 @@ class SavedInstrumentGateway:
         if request.payment_method in (None, SIMULATION_CARD):
             request = attrs.evolve(request, payment_method=self.instrument)
         return await self.inner.authorize(request)
-
-    async def capture(self, request: CaptureRequest) -> GatewayResult:
-        return await self.inner.capture(request)
-
-    async def void(self, request: VoidRequest) -> GatewayResult:
-        return await self.inner.void(request)
-
-    async def refund(self, request: RefundRequest) -> GatewayResult:
-        return await self.inner.refund(request)
-
-    async def get_status(self, request: StatusRequest) -> GatewayResult:
-        return await self.inner.get_status(request)
-
-    async def parse_webhook(self, headers: Mapping[str, str], raw_body: bytes) -> WebhookUpdate:
-        update: WebhookUpdate = await self.inner.parse_webhook(  # type: ignore[attr-defined]
-            headers, raw_body
-        )
-        return update
-
-    async def aclose(self) -> None:
-        close = getattr(self.inner, "aclose", None)
-        if close is not None:
-            await close()
 
 
 class FakeGatewaysPlugin:

@@ -64,12 +64,12 @@ from aegispay.gateways import (
     Gateway,
     GatewayNotSent,
     GatewayResult,
+    GatewayWrapper,
     Operation,
     Outcome,
     RefundRequest,
     StatusRequest,
     VoidRequest,
-    capabilities_of,
 )
 from aegispay.hookspecs import hookimpl
 from aegispay.settings import structure_config
@@ -161,7 +161,7 @@ class FaultInjectionConfig:
     faults: tuple[FaultConfig, ...] = ()
 
 
-class FaultyGateway:
+class FaultyGateway(GatewayWrapper):
     """A gateway wrapped by :class:`FaultInjectionPlugin`: same name, currencies, fees and
     capabilities; every call passes through this gateway's scheduled faults."""
 
@@ -172,19 +172,10 @@ class FaultyGateway:
         plugin: FaultInjectionPlugin,
         rng: random.Random,
     ) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.supported_currencies = inner.supported_currencies
-        self.fees = inner.fees
-        self.capabilities = capabilities_of(inner)
+        super().__init__(inner)
         self.faults = faults
         self._plugin = plugin
         self._rng = rng
-
-    def __getattr__(self, name: str) -> Any:
-        # Only reached for attributes this wrapper does not define: aclose, control(),
-        # parse_webhook... are the inner gateway's own.
-        return getattr(self.inner, name)
 
     def __repr__(self) -> str:
         return f"FaultyGateway({self.inner!r}, faults={len(self.faults)})"
