@@ -178,6 +178,13 @@ class GatewayCapabilities:
     idempotency_retention_s: float | None = None
 
 
+def explicit_capabilities(gateway: Gateway | None) -> GatewayCapabilities | None:
+    """The capabilities ``gateway`` declares, or None: what may restrict it (routing, partial
+    operations). A gateway that declares nothing is not second-guessed."""
+    declared = getattr(gateway, "capabilities", None)
+    return declared if isinstance(declared, GatewayCapabilities) else None
+
+
 def capabilities_of(gateway: Gateway) -> GatewayCapabilities:
     """The gateway's ``capabilities`` attribute, or a conservative default built from what every
     Gateway declares (its currencies) that claims nothing optional."""
@@ -194,16 +201,15 @@ def capabilities_of(gateway: Gateway) -> GatewayCapabilities:
 
 class GatewayWrapper:
     """A gateway put around another (fault injection, a simulation's saved instruments): the
-    same name, currencies, fees and capabilities, every call passed to ``inner`` unless a
-    subclass overrides it, and anything else (``aclose``, ``parse_webhook``...) read from
-    ``inner``. Install wrappers with ``PaymentService.wrap_gateways``."""
+    same name, currencies and fees, every call passed to ``inner`` unless a subclass overrides
+    it, and anything else (``capabilities`` - declared or not, ``aclose``, ``parse_webhook``...)
+    read from ``inner``. Install wrappers with ``PaymentService.wrap_gateways``."""
 
     def __init__(self, inner: Gateway) -> None:
         self.inner = inner
         self.name = inner.name
         self.supported_currencies = inner.supported_currencies
         self.fees = inner.fees
-        self.capabilities = capabilities_of(inner)
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for attributes the wrapper does not define itself.

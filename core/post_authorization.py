@@ -27,11 +27,11 @@ from .errors import (
 from .gateways import (
     CaptureRequest,
     Gateway,
-    GatewayCapabilities,
     Operation,
     Outcome,
     RefundRequest,
     VoidRequest,
+    explicit_capabilities,
 )
 from .locks.base import Lease
 from .money import Money
@@ -165,10 +165,8 @@ class PostAuthorizationOperations:
         )
         if attempt is None:
             return
-        declared = getattr(self._gateways.get(attempt.gateway), "capabilities", None)
-        if isinstance(declared, GatewayCapabilities) and not getattr(
-            declared, f"partial_{operation}"
-        ):
+        declared = explicit_capabilities(self._gateways.get(attempt.gateway))
+        if declared is not None and not getattr(declared, f"partial_{operation}"):
             raise OperationNotAllowed(
                 payment.id,
                 f"gateway {attempt.gateway!r} does not support a partial {operation} "

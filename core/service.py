@@ -43,11 +43,11 @@ from .gateway_calls import GatewayCaller, declared_capabilities
 from .gateways import (
     AuthorizeRequest,
     Gateway,
-    GatewayCapabilities,
     GatewayResult,
     Operation,
     Outcome,
     StatusRequest,
+    explicit_capabilities,
     supports_currency,
 )
 from .hooks import Hooks
@@ -90,8 +90,8 @@ def _can_take(gateway: Gateway, currency: str, manual_capture: bool) -> bool:
     """What a gateway's declared ``GatewayCapabilities`` rule out before routing: a currency
     it lists as unsupported, a manual-capture payment where it cannot authorise only. A
     gateway that declares no capabilities is judged by its ``supported_currencies`` alone."""
-    declared = getattr(gateway, "capabilities", None)
-    if not isinstance(declared, GatewayCapabilities):
+    declared = explicit_capabilities(gateway)
+    if declared is None:
         return True
     if declared.currencies is not None and currency not in declared.currencies:
         return False
