@@ -193,6 +193,25 @@ _KEYED: contextvars.ContextVar[_KeyedRequest | None] = contextvars.ContextVar(
 )
 
 
+@attrs.define
+class _Draft:
+    """A payment ``pay`` has built but not stored yet: it is stored by the first commit of its
+    processing (the intent before the gateway call, or the failure that ends it), creation and
+    first decision in one transaction. ``record``: the key to claim with it (keyed ``pay``);
+    ``started``: when the create began (for ``aegispay_operation_finished``)."""
+
+    payment: Payment
+    event: ev.Event
+    record: IdempotencyRecord | None
+    started: float
+    written: bool = False
+
+
+_DRAFT: contextvars.ContextVar[_Draft | None] = contextvars.ContextVar(
+    "aegispay_draft", default=None
+)
+
+
 def progress(payment: Payment) -> tuple[RecoveryPoint, IdempotencyState]:
     """Where a keyed ``pay`` request stands, judged by its payment (the source of truth):
     ``created`` while INITIATED; ``processing`` while open at a gateway (an attempt in flight
@@ -447,6 +466,20 @@ class PaymentService(PostAuthorizationOperations):
     ) -> tuple[Payment, IdempotencyRecord | None]:
         """The payment, and with it the key's existing record when this is a replay (None:
         this call created the payment, claiming ``key`` as ``state`` in the same commit)."""
+        payment, existing, draft = await self._draft(request, key, state, 0.0)
+        if draft is None:
+            return payment, existing
+        try:
+            await self.store.commit(Change(payment, 0, (draft.event,), idempotency=draft.record))
+        except IdempotencyClaimed as claimed:  # a concurrent duplicate won the claim
+            return self._replay_claimed(request, claimed.existing), claimed.existing
+        return payment, None
+
+    async def _draft(
+        self, request: PaymentRequest, key: str | None, state: IdempotencyState, started: float
+    ) -> tuple[Payment, IdempotencyRecord | None, _Draft | None]:
+        """A new payment, validated and built but not stored, as (payment, None, draft); or
+        the key's earlier payment, as (payment, its record, None)."""
         if not isinstance(request, PaymentRequest):
             raise InvalidInput("request", f"expected PaymentRequest, got {type(request).__name__}")
         fingerprint = None
@@ -456,7 +489,7 @@ class PaymentService(PostAuthorizationOperations):
             fingerprint = request.fingerprint()
             existing = await self.store.find_idempotency(request.merchant_id, key, self.clock())
             if existing is not None:
-                return self._idempotent_replay(existing, fingerprint), existing
+                return self._idempotent_replay(existing, fingerprint), existing, None
         await self.hooks.validate_payment(
             request, self._context("create", request.merchant_id, key)
         )
@@ -485,12 +518,11 @@ class PaymentService(PostAuthorizationOperations):
                 state=state, recovery_point="created",
                 locked_at=now if state == IN_FLIGHT else None,
             )  # fmt: skip
-        try:
-            await self.store.commit(Change(payment, 0, (event,), idempotency=record))
-        except IdempotencyClaimed as claimed:  # a concurrent duplicate won the claim
-            assert fingerprint is not None
-            return self._idempotent_replay(claimed.existing, fingerprint), claimed.existing
-        return payment, None
+        return payment, None, _Draft(payment, event, record, started)
+
+    @staticmethod
+    def _replay_claimed(request: PaymentRequest, existing: IdempotencyRecord) -> Payment:
+        return PaymentService._idempotent_replay(existing, request.fingerprint())
 
     @staticmethod
     def _idempotent_replay(existing: IdempotencyRecord, fingerprint: str) -> Payment:
@@ -503,9 +535,16 @@ class PaymentService(PostAuthorizationOperations):
     async def pay(self, request: PaymentRequest, *, idempotency_key: str | None = None) -> Payment:
         """``create_payment`` then ``process_payment``.
 
-        With ``idempotency_key``, the key is claimed *in flight* at recovery point
-        ``created``, in the transaction that creates the payment, and moves with each change
-        to the payment, in that change's transaction: to ``processing`` with the intent; once
+        The new payment is stored together with its first decision, in one transaction: with
+        the intent (PROCESSING, before the gateway is called), or with the failure that ends it
+        (fraud denial, no gateway). Until then nothing is stored and nothing was sent, so a
+        crash before it leaves nothing behind - the request was never acknowledged - and the
+        plugins that decide (fraud checks, routing) see the payment before it is stored.
+
+        With ``idempotency_key``, the key is claimed *in flight* in that same transaction, at
+        recovery point ``processing`` (or completed at ``finished`` when the first decision
+        ends the payment), and moves with each later change to the payment, in that change's
+        transaction; once
         processing leaves the payment settled, or waiting on the customer (REQUIRES_ACTION),
         the key is completed (``finished``); while the payment is still open at a gateway (an
         UNKNOWN outcome) it stays in flight at ``processing``. A crash in between leaves the
@@ -526,15 +565,46 @@ class PaymentService(PostAuthorizationOperations):
         The same key with a different request raises IdempotencyKeyReused. An expired key is
         a new key.
         """
-        if idempotency_key is None:
-            payment = await self.create_payment(request)
-            return await self.process_payment(payment.id)
-        payment, existing = await self._create_observed(request, idempotency_key, IN_FLIGHT)
-        if existing is not None and existing.state == COMPLETED:
-            return await self.process_payment(payment.id)
-        return await self._process_keyed(request.merchant_id, idempotency_key, payment.id)
+        key, scope = idempotency_key, request.merchant_id
+        started = time.perf_counter() if self.hooks.wants_operations else 0.0
+        try:
+            payment, existing, draft = await self._draft(request, key, IN_FLIGHT, started)
+        except BaseException as error:
+            await self._finished("create", None, None, error, started)
+            raise
+        if draft is None:  # the key's payment, created by an earlier request
+            assert existing is not None and key is not None
+            await self._finished("create", payment.id, payment, None, started)
+            return await self._join(scope, key, existing)
+        token = _DRAFT.set(draft)
+        try:
+            if key is None:
+                return await self._locked("process", payment.id, self._process, draft)
+            return await self._process_keyed(scope, key, payment.id, draft)
+        except IdempotencyClaimed as claimed:
+            # Only the draft's own commit claims a key: a concurrent duplicate claimed it
+            # first, and nothing of this request was stored. Join the winner's payment, as
+            # a duplicate arriving a moment later would.
+            assert key is not None and not draft.written
+            payment = self._replay_claimed(request, claimed.existing)
+            await self._finished("create", payment.id, payment, None, started)
+            return await self._join(scope, key, claimed.existing)
+        except BaseException as error:
+            if not draft.written:
+                await self._finished("create", None, None, error, started)
+            raise
+        finally:
+            _DRAFT.reset(token)
 
-    async def _process_keyed(self, scope: str, key: str, payment_id: str) -> Payment:
+    async def _join(self, scope: str, key: str, existing: IdempotencyRecord) -> Payment:
+        """A duplicate of a keyed ``pay``: process the key's payment (see :meth:`pay`)."""
+        if existing.state == COMPLETED:
+            return await self.process_payment(existing.payment_id)
+        return await self._process_keyed(scope, key, existing.payment_id)
+
+    async def _process_keyed(
+        self, scope: str, key: str, payment_id: str, draft: _Draft | None = None
+    ) -> Payment:
         """Process the payment of an in-flight key, then record how far it got.
 
         While it runs, every change to the payment carries the key's new recovery point
@@ -544,7 +614,7 @@ class PaymentService(PostAuthorizationOperations):
         request = _KeyedRequest(scope, key, payment_id)
         token = _KEYED.set(request)
         try:
-            payment = await self.process_payment(payment_id)
+            payment = await self._locked("process", payment_id, self._process, draft)
         except LockTimeout as error:
             # Another caller (the key's first request, a duplicate, the janitor) holds the
             # payment and is still at work on it: the honest answer is "in progress".
@@ -1046,7 +1116,10 @@ class PaymentService(PostAuthorizationOperations):
         operation: str,
         payment_id: str,
         body: Callable[[Payment, Lease], Awaitable[Payment]],
+        draft: _Draft | None = None,
     ) -> Payment:
+        """Run ``body`` on the payment under its lock. ``draft``: the payment is ``pay``'s,
+        not stored yet (the first commit of ``body`` stores it; see :class:`_Draft`)."""
         started = time.perf_counter() if self.hooks.wants_operations else 0.0
         try:
             async with self.locks.hold(payment_id, self.engine.lock_timeout_s) as lease:
@@ -1058,15 +1131,24 @@ class PaymentService(PostAuthorizationOperations):
                     else None
                 )
                 try:
-                    payment = await self.store.load(payment_id)
-                    if payment is None:
-                        raise PaymentNotFound(payment_id)
+                    if draft is not None:
+                        payment = draft.payment
+                    else:
+                        loaded = await self.store.load(payment_id)
+                        if loaded is None:
+                            raise PaymentNotFound(payment_id)
+                        payment = loaded
                     result: Payment = await body(payment, lease)
+                    if draft is not None and not draft.written:
+                        # Processing decided nothing to store (no path does so today): the
+                        # payment must exist all the same once pay() answers.
+                        result = await self._commit(result, lease, [])
                 finally:
                     if deadline is not None:
                         operation_deadline.reset(deadline)
         except BaseException as error:
-            await self._finished(operation, payment_id, None, error, started)
+            if draft is None or draft.written:  # else nothing happened: pay() reports it
+                await self._finished(operation, payment_id, None, error, started)
             raise
         await self._finished(operation, payment_id, result, None, started)
         return result
@@ -1091,16 +1173,34 @@ class PaymentService(PostAuthorizationOperations):
         new = payment
         for event in events:
             new = apply(new, event)
+        expected, written = payment.version, tuple(events)
+        claim: IdempotencyRecord | None = None
         step = None
         keyed = _KEYED.get()
-        if keyed is not None and keyed.payment_id == new.id:
+        draft = _DRAFT.get()
+        if draft is not None and not draft.written and draft.payment.id == new.id:
+            # pay()'s payment is stored now, with this first decision (see _Draft); its key
+            # is claimed at the point this change reaches, in the same transaction.
+            expected, written = 0, (draft.event, *written)
+            claim = draft.record
+            if claim is not None:
+                point, state = progress(new)
+                locked_at = claim.locked_at if state == IN_FLIGHT else None
+                claim = attrs.evolve(claim, state=state, recovery_point=point, locked_at=locked_at)
+        elif keyed is not None and keyed.payment_id == new.id:
             point, state = progress(new)
             step = IdempotencyProgress(keyed.scope, keyed.key, new.id, point, state, self.clock())
         await self.store.commit(
-            Change(new, payment.version, tuple(events), lease.token if lease else None, None, step)
+            Change(new, expected, written, lease.token if lease else None, claim, step)
         )
-        if keyed is not None and step is not None:
-            keyed.recorded = (new.version, step.recovery_point, step.state)
+        if keyed is not None and keyed.payment_id == new.id:
+            if step is not None:
+                keyed.recorded = (new.version, step.recovery_point, step.state)
+            elif claim is not None:
+                keyed.recorded = (new.version, claim.recovery_point, claim.state)
+        if expected == 0 and draft is not None:
+            draft.written = True
+            await self._finished("create", new.id, draft.payment, None, draft.started)
         return new
 
     def _failed(self, payment: Payment, code: str, message: str, offset: int = 0) -> ev.Event:

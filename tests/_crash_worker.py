@@ -148,8 +148,8 @@ class CrashPlugin:
 
     @hookimpl
     def aegispay_check_fraud(self, payment: Payment, context: HookContext) -> None:
-        # The first step of processing: the payment (INITIATED) and its idempotency key (in
-        # flight, at "created") are committed by now; nothing was sent to a gateway.
+        # The first step of processing: the payment is built and validated, but pay() stores
+        # it (and claims its key) only with its first decision, the intent; nothing was sent.
         self._reach("after_create")
 
     @hookimpl

@@ -117,7 +117,7 @@ async def recover_and_check(tmp: Path, acks: dict[int, str]) -> None:
 @pytest.mark.parametrize(
     ("failpoint", "kill_at"),
     [
-        ("after_create", 1),  # payment and in-flight key committed, processing never started
+        ("after_create", 1),  # validated and built, fraud-checked: nothing stored yet
         ("after_create", 4),
         ("after_intent", 1),  # intent committed, the gateway never called
         ("after_intent", 4),
@@ -133,11 +133,14 @@ def test_sigkill_at_a_fail_point_loses_nothing_and_charges_once(
     anyio.run(upgrade, f"sqlite:///{tmp_path / 'store.db'}", backend="asyncio")
     _, acks = run_worker(tmp_path, failpoint, kill_at)
     left = anyio.run(in_flight_keys, tmp_path, backend="asyncio")
-    if failpoint != "during_relay":
+    if failpoint == "after_create":
+        # The payment is stored with its first decision (the intent): the killed request
+        # left nothing, and was never acknowledged.
+        assert left == []
+    elif failpoint != "during_relay":
         # Exactly the killed request is in flight, at the point its payment reached: the key
         # moves in the same transaction as the payment ("processing" with the intent).
-        point = "created" if failpoint == "after_create" else "processing"
-        assert [(r.key, r.recovery_point) for r in left] == [(f"o{kill_at - 1}", point)]
+        assert [(r.key, r.recovery_point) for r in left] == [(f"o{kill_at - 1}", "processing")]
     anyio.run(recover_and_check, tmp_path, acks, backend="asyncio")
 
 

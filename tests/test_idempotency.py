@@ -31,7 +31,7 @@ from aegispay import (
 )
 from aegispay.errors import LockTimeout
 from aegispay.settings import EngineSettings, Settings
-from aegispay.store.base import Change, IdempotencyClaimed, IdempotencyRecord
+from aegispay.store.base import IN_FLIGHT, Change, IdempotencyClaimed, IdempotencyRecord
 from aegispay.store.sql import SqlStore, normalise_url
 from aegispay.testing import ScriptedGateway, make_test_service
 from sqlalchemy import text
@@ -382,16 +382,42 @@ async def test_where_pay_leaves_its_key(
     assert found is not None and (found.state, found.recovery_point) == record
 
 
+async def test_a_request_that_dies_before_its_first_decision_leaves_nothing() -> None:
+    # pay() stores the payment with its first decision (here: the intent), so a death at the
+    # fraud check leaves no payment and no key; the retry is a first request, charged once.
+    gateway = ScriptedGateway()
+    crash = CrashBeforeProcessing()
+    service = make_test_service(gateways=[gateway], plugins=[crash])
+    async with service:
+        crash.armed = True
+        with pytest.raises(Crash):
+            await service.pay(request(), idempotency_key="retry-me")
+        crash.armed = False
+        assert await service.store.payment_ids() == []
+        assert await service.store.find_idempotency("default", "retry-me") is None
+        again = await service.pay(request(), idempotency_key="retry-me")
+        assert again.state is S.COMPLETED and gateway.charge_count(again.id) == 1
+        assert await service.store.payment_ids() == [again.id]
+
+
+async def died_after_create(service: Any, crash: CrashBeforeProcessing, key: str) -> None:
+    """A keyed request that died after its create committed (an INITIATED payment, the key in
+    flight at "created"): what ``pay`` left before it stored a payment with its first decision,
+    so what a database written by an earlier AegisPay may hold."""
+    crash.armed = True
+    await service._create_observed(request(), key, IN_FLIGHT)
+    with pytest.raises(Crash):
+        await service.pay(request(), idempotency_key=key)
+    crash.armed = False
+
+
 async def test_a_retry_resumes_a_request_that_died_before_processing() -> None:
     gateway = ScriptedGateway()
     crash = CrashBeforeProcessing()
     clock = Clock()
     service = make_test_service(gateways=[gateway], plugins=[crash], clock=clock)
     async with service:
-        crash.armed = True
-        with pytest.raises(Crash):
-            await service.pay(request(), idempotency_key="retry-me")
-        crash.armed = False
+        await died_after_create(service, crash, "retry-me")
         (payment_id,) = await service.store.payment_ids()
         assert (await service.get_payment(payment_id)).state is S.INITIATED
         record = await service.store.find_idempotency("default", "retry-me")
@@ -415,10 +441,7 @@ async def test_the_resume_pass_finishes_a_request_that_died_before_processing() 
     clock = Clock()
     service = make_test_service(gateways=[gateway], plugins=[crash], clock=clock)
     async with service:
-        crash.armed = True
-        with pytest.raises(Crash):
-            await service.pay(request(), idempotency_key="dead")
-        crash.armed = False
+        await died_after_create(service, crash, "dead")
         (payment_id,) = await service.store.payment_ids()
         clock.advance(30)
         fresh = await service.resume_idempotency_keys(older_than_s=60)

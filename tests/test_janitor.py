@@ -39,7 +39,7 @@ from aegispay.gateways import GatewayCapabilities
 from aegispay.janitor import LOCK_KEY, MAX_BACKOFF, Janitor
 from aegispay.locks.memory import MemoryLockManager
 from aegispay.settings import EngineSettings, Settings, load_settings, settings_from_dict
-from aegispay.store.base import IdempotencyRecord
+from aegispay.store.base import IN_FLIGHT, IdempotencyRecord
 from aegispay.store.memory import MemoryStore
 from aegispay.store.sql import SqlStore
 from aegispay.testing import ScriptedGateway, make_test_service
@@ -172,8 +172,13 @@ def service_with(
 
 
 async def crashed_pay(service: Any, crash: CrashBeforeProcessing, key: str) -> Payment:
-    """``pay`` that dies after the create committed: an INITIATED payment, a key in flight."""
+    """A keyed request that died after its create committed: an INITIATED payment, its key in
+    flight at "created". Today's ``pay`` stores a payment only with its first decision, so
+    only a database written by an earlier AegisPay holds such a key; the janitor must still
+    finish it. Written as that ``pay`` wrote it (the create claiming the key in flight), and
+    ``crash`` then stops the first processing attempt as that process's death did."""
     crash.armed = True
+    await service._create_observed(request(), key, IN_FLIGHT)
     with pytest.raises(Crash):
         await service.pay(request(), idempotency_key=key)
     crash.armed = False
