@@ -14,7 +14,10 @@ commit and deliver **per payment**:
   leases in one transaction (``outbox_settle``), guarded by its lease: a relay whose lease
   expired (it was paused, the lease was taken over) marks nothing; the new holder delivers
   those messages again. A batch once handed out is seen through to its settle even when the
-  relay is cancelled (a service shutting down), for at most the lease.
+  relay is cancelled (a service shutting down), for at most the lease. Working through a
+  backlog, a relay settles one batch and claims the next in one store step
+  (``outbox_settle_and_claim``); cancelled with a batch claimed but not yet delivered, it
+  releases that batch's leases.
 * **Isolation and backoff.** Sinks take batches (``EventSink.publish`` raising = the batch
   failed). When a batch of several payments fails, the relay delivers it again payment by
   payment, so only the payments that still fail count a failed attempt. Such a payment backs
@@ -121,10 +124,11 @@ class OutboxCounts:
 
 @attrs.frozen
 class RelaySettings:
-    # Each pass costs two transactions whatever its size, so under load a small batch makes
-    # the relay fall behind the payments (200 published ~1,000 messages/s on PostgreSQL while
-    # payments committed ~5,000/s). 1,000 in-process listener calls hold the event loop for
-    # a few milliseconds.
+    # Each batch costs a settle and a claim whatever its size (one transaction on SQLite,
+    # three statements on PostgreSQL), so under load a small batch makes the relay fall
+    # behind the payments (200 published ~1,000 messages/s on PostgreSQL while payments
+    # committed ~5,000/s). 1,000 in-process listener calls hold the event loop for a few
+    # milliseconds.
     batch_size: int = 1000
     max_attempts: int = 10
     # A failing payment waits uniform(0, min(max, base * 2 ** failures)) ("full jitter").
@@ -281,52 +285,92 @@ class OutboxRelay:
 
     async def drain(self) -> int:
         """Publish everything deliverable now (for tests and shutdown); returns how many
-        messages were published. Payments backing off or leased by another relay are left."""
+        messages were published. Payments backing off or leased by another relay are left.
+
+        Between two batches the store settles the one delivered and claims the next in one
+        step (``outbox_settle_and_claim``): on SQLite one wait for the write lock, not two,
+        which under load decided whether the relay kept up with the payments."""
         total = 0
-        while True:
-            claimed, published = await self._pass()
-            total += published
-            if not claimed:
-                return total
-            await anyio.lowlevel.checkpoint()  # let payments run between batches
+        async with self._pass_lock:
+            batch = await self._claim()
+            while batch:
+                # Once handed out, a batch is seen through to its settle even if the relay is
+                # being cancelled (a service shutting down): stopping between delivery and
+                # settle would deliver it again, out of order with what follows. Bounded by
+                # the lease: past it, settling is refused anyway.
+                count, deadline = len(batch), anyio.current_time() + self._settings.lease_s
+                with anyio.CancelScope(shield=True, deadline=deadline) as scope:
+                    delivered, failures = await self._deliver(batch)
+                    now = self._clock()
+                    self._claimed_at = now
+                    settled, batch = await self._store.outbox_settle_and_claim(
+                        self.owner, now, delivered, failures, self._settings.max_attempts,
+                        now + self._lease, self._settings.batch_size,
+                    )  # fmt: skip
+                    self._settled(settled)
+                    total += settled.published
+                if scope.cancelled_caught:
+                    # Settled or not, claimed or not: unknown. Claim afresh (our own
+                    # leases are ours to take again).
+                    self._outlived(count)
+                    batch = await self._claim()
+                    continue
+                if not batch:
+                    break
+                try:
+                    await anyio.lowlevel.checkpoint()  # let payments run between batches
+                except BaseException:
+                    # Cancelled holding a batch it has not delivered: hand its payments
+                    # back now rather than leave them leased until the lease expires.
+                    with anyio.CancelScope(shield=True):
+                        await self._store.outbox_release([self.owner])
+                    raise
+        return total
 
     async def publish_pending(self) -> int:
         """One pass: claim up to ``batch_size`` messages, deliver, settle. Returns how many
         messages were published (failed ones are recorded for a later retry, not raised)."""
-        return (await self._pass())[1]
-
-    async def _pass(self) -> tuple[int, int]:
         async with self._pass_lock:
-            if not self._started:
-                self._started = True
-                await self.release_dead_owners()
-            now = self._clock()
-            self._claimed_at = now
-            batch = await self._store.outbox_claim(
-                self.owner, now, now + self._lease, self._settings.batch_size
-            )
+            batch = await self._claim()
             if not batch:
-                return 0, 0
-            # Once handed out, a batch is seen through to its settle even if the relay is
-            # being cancelled (a service shutting down): stopping between delivery and
-            # settle would deliver it again, out of order with what follows. Bounded by the
-            # lease: past it, settling is refused anyway.
+                return 0
             with anyio.CancelScope(
                 shield=True, deadline=anyio.current_time() + self._settings.lease_s
-            ) as scope:
-                settled = await self._deliver(batch)
-            if scope.cancelled_caught:
-                log.warning(
-                    "outbox relay %s: settling a batch of %d message(s) outlived its %.0fs "
-                    "lease; it will be delivered again",
-                    self.owner,
-                    len(batch),
-                    self._settings.lease_s,
+            ) as scope:  # as in drain
+                delivered, failures = await self._deliver(batch)
+                settled = await self._store.outbox_settle(
+                    self.owner, self._clock(), delivered, failures, self._settings.max_attempts
                 )
-                return len(batch), 0
-            return len(batch), settled.published
+                self._settled(settled)
+            if scope.cancelled_caught:
+                self._outlived(len(batch))
+                return 0
+            return settled.published
 
-    async def _deliver(self, batch: Sequence[OutboxMessage]) -> OutboxSettled:
+    async def _claim(self) -> list[OutboxMessage]:
+        if not self._started:
+            self._started = True
+            await self.release_dead_owners()
+        now = self._clock()
+        self._claimed_at = now
+        return await self._store.outbox_claim(
+            self.owner, now, now + self._lease, self._settings.batch_size
+        )
+
+    def _outlived(self, count: int) -> None:
+        log.warning(
+            "outbox relay %s: settling a batch of %d message(s) outlived its %.0fs "
+            "lease; it will be delivered again",
+            self.owner,
+            count,
+            self._settings.lease_s,
+        )
+
+    async def _deliver(
+        self, batch: Sequence[OutboxMessage]
+    ) -> tuple[Sequence[OutboxMessage], Sequence[OutboxFailure]]:
+        """Hand ``batch`` to the sinks, then its accepted messages to the listeners; returns
+        (the messages delivered, the failures to record)."""
         errors: dict[str, str] = {}
         if self._sinks:
             # The sinks get most of the lease; the rest is for the listeners and the settle.
@@ -341,10 +385,9 @@ class OutboxRelay:
         on_event = self._hooks.on_event
         for message in delivered:
             await on_event(message.event)
-        failures = self._failures(batch, errors) if errors else ()
-        settled = await self._store.outbox_settle(
-            self.owner, self._clock(), delivered, failures, self._settings.max_attempts
-        )
+        return delivered, (self._failures(batch, errors) if errors else ())
+
+    def _settled(self, settled: OutboxSettled) -> None:
         self.published += settled.published
         self.failed += settled.failed
         self.parked += len(settled.parked)
@@ -362,7 +405,6 @@ class OutboxRelay:
                 self.owner,
                 settled.refused,
             )
-        return settled
 
     async def release_dead_owners(self) -> list[str]:
         """Drop the leases of relays of this host whose process died (a crash, ``kill -9``),

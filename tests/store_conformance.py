@@ -821,6 +821,21 @@ class StoreConformance:
         again = await store.outbox_settle("a", at(103), batch, (), 3)
         assert again.published == 0 and again.refused == 3
 
+    async def test_settle_and_claim_settles_then_claims(self, store: PaymentStore) -> None:
+        await commit_streams(store, {"pay_a": 2, "pay_b": 1})
+        batch = await claim(store, "a", limit=2)
+        await commit_more(store, "pay_a", 1)  # while the batch is out
+        settled, after = await store.outbox_settle_and_claim(
+            "a", at(101), batch, (), 3, at(101) + LEASE, 10
+        )
+        assert settled == OutboxSettled(published=2)
+        # pay_a's lease was released, then taken again for its new message.
+        assert per_payment(after) == {"pay_a": [3], "pay_b": [1]}
+        refused, none = await store.outbox_settle_and_claim(
+            "b", at(102), after, (), 3, at(102) + LEASE, 10
+        )
+        assert (refused, none) == (OutboxSettled(refused=2), [])
+
     async def test_a_leased_payment_is_skipped_by_other_relays(self, store: PaymentStore) -> None:
         await commit_streams(store, {"pay_a": 2, "pay_b": 1})
         first = await claim(store, "a", limit=2)

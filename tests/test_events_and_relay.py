@@ -512,6 +512,63 @@ async def test_cancelling_a_relay_mid_batch_still_settles_the_batch() -> None:
     assert await relay.drain() == 0 and sink.calls == 1
 
 
+async def test_drain_settles_each_batch_and_claims_the_next_in_one_store_step() -> None:
+    class Counting:
+        """The store, counting the relay's calls."""
+
+        def __init__(self, store: PaymentStore) -> None:
+            self.store, self.calls = store, defaultdict[str, int](int)
+
+        def __getattr__(self, name: str) -> Any:
+            if name.startswith("outbox_"):
+                self.calls[name] += 1
+            return getattr(self.store, name)
+
+    sink, clock = FlakySink("recorder"), Clock()
+    service, recorder = recorded_service()
+    payments = [await service.pay(request(100 + i)) for i in range(3)]
+    store = Counting(service.store)
+    relay = OutboxRelay(store, [sink], service.hooks, RelaySettings(batch_size=2), clock=clock)  # type: ignore[arg-type]
+    assert await relay.drain() == sum(p.version for p in payments)
+    assert [e.event_id for e in recorder.events] == [i for p in payments for i in ids(p)]
+    batches = len(sink.deliveries)
+    assert batches > 3  # several batches: each settled together with the next claim
+    assert store.calls["outbox_claim"] == 1  # the first only
+    assert store.calls["outbox_settle_and_claim"] == batches
+    assert store.calls["outbox_settle"] == 0
+
+
+async def test_a_drain_cancelled_between_batches_hands_the_next_batch_back() -> None:
+    class CancellingSink:
+        """Cancels the relay's task while it delivers the first batch."""
+
+        name = "cancelling"
+
+        def __init__(self) -> None:
+            self.scope: anyio.CancelScope | None = None
+            self.deliveries: list[list[str]] = []
+
+        async def publish(self, messages: Sequence[OutboxMessage]) -> None:
+            self.deliveries.append([m.message_id for m in messages])
+            assert self.scope is not None
+            self.scope.cancel()
+
+    sink, clock = CancellingSink(), Clock()
+    service, recorder = recorded_service()
+    first, second = await service.pay(request(100)), await service.pay(request(200))
+    relay = relay_for(service, [sink], clock, batch_size=first.version)
+    with anyio.CancelScope() as scope:
+        sink.scope = scope
+        await relay.drain()
+    # The batch in hand was seen through; the one claimed with its settle was never
+    # delivered, and its payment is not left leased: another relay takes it at once.
+    assert sink.deliveries == [ids(first)]
+    assert [e.event_id for e in recorder.events] == ids(first)
+    assert (await service.store.outbox_counts(clock())).leased_payments == 0
+    other = relay_for(service, [FlakySink("other")], clock)
+    assert await other.drain() == second.version
+
+
 async def test_relay_does_not_raise_on_exit_while_a_sink_is_down() -> None:
     sink = FlakySink(failures=1_000)
     service, recorder = recorded_service(SinkPlugin(sink))

@@ -34,6 +34,7 @@ from aegispay.hooks import Hooks
 from aegispay.outbox import (
     OutboxMessage,
     OutboxRelay,
+    OutboxSettled,
     RelaySettings,
     new_owner,
     owner_is_dead,
@@ -46,7 +47,7 @@ from aegispay.testing import ScriptedGateway, make_test_service
 from click.testing import CliRunner
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
-from store_conformance import initiated
+from store_conformance import LEASE, at, change, claim, fail, initiated, lifecycle
 from test_events_and_relay import Clock, FlakySink, PoisonSink, Recorder, ids, request
 
 pytestmark = pytest.mark.anyio
@@ -564,5 +565,141 @@ async def test_listener_sees_delivered_messages_of_a_sql_store(sql_url: str) -> 
         assert [e.event_id for e in recorder.events] == ids(second)
         assert all(recorder.committed_on_delivery)
         assert all(isinstance(e, ev.Event) for e in recorder.events)
+    finally:
+        await store.close()
+
+
+# -- the store's relay steps on the bare driver, and through SQLAlchemy --------------------------
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "sqlalchemy"])
+async def test_relay_steps_of_another_store_object(
+    sql_url: str, direct: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a relay in another process sees (its store object committed nothing, so every
+    event comes from the rows' JSON), on the bare-driver path and on SQLAlchemy's (where
+    aiosqlite lacks its internals; with failures to record): claims group each payment's
+    messages in order even when its rows interleave with another payment's; settling
+    publishes them, counts what a lost lease refuses, and a failure's backoff is due next."""
+    if not direct:
+        monkeypatch.setattr(SqlStore, "_outbox_direct", _no_direct)
+    writer, relay = SqlStore(sql_url), SqlStore(sql_url)
+    try:
+        a, b = lifecycle("pay_a"), lifecycle("pay_b")
+        await writer.commit(change(None, a[:3]))
+        await writer.commit(change(None, b[:2]))
+        payment_a = await writer.load("pay_a")
+        await writer.commit(change(payment_a, a[3:4]))  # seq order: a1 a2 a3 b1 b2 a4
+        batch = await claim(relay, "r1", limit=10)
+        assert [m.message_id for m in batch] == [
+            "pay_a:1", "pay_a:2", "pay_a:3", "pay_a:4", "pay_b:1", "pay_b:2",
+        ]  # fmt: skip
+        assert [m.event for m in batch] == [*a[:4], *b[:2]]  # decoded from the rows
+        assert all(m.attempts == 0 for m in batch)
+        assert await claim(relay, "r2", now=at(101)) == []  # leased: nothing for another
+
+        # Another owner's settle is refused, message by message; the holder's publishes.
+        refused = await relay.outbox_settle("r2", at(101), batch, (), 3)
+        assert refused == OutboxSettled(refused=6)
+        assert await relay.outbox_settle("r1", at(101), batch[:4], (), 3) == OutboxSettled(4)
+        # pay_b's lease (not settled) still holds it; past the lease it is r2's.
+        assert await claim(relay, "r2", now=at(102)) == []
+        later = at(100) + LEASE + timedelta(seconds=1)
+        again = await claim(relay, "r2", now=later)
+        assert [m.message_id for m in again] == ["pay_b:1", "pay_b:2"]
+        # r1's lease is gone: its settle now marks nothing.
+        assert await relay.outbox_settle("r1", later, batch[4:], (), 3) == OutboxSettled(refused=2)
+
+        # A failure: counted, backing off, and the earliest thing due.
+        retry_at = later + timedelta(seconds=5)
+        failed = await relay.outbox_settle("r2", later, (), [fail(again, "down", retry_at)], 3)
+        assert (failed.failed, failed.refused) == (2, 0)
+        assert await relay.outbox_next_due("r2", later) == retry_at
+        assert await claim(relay, "r2", now=later) == []
+        retried = await claim(relay, "r2", now=retry_at)
+        assert [(m.message_id, m.attempts) for m in retried] == [("pay_b:1", 1), ("pay_b:2", 1)]
+        assert await relay.outbox_next_due("r3", retry_at) == retry_at + LEASE  # r2's lease
+        assert await relay.outbox_settle("r2", retry_at, retried, (), 3) == OutboxSettled(2)
+        assert await relay.outbox_size() == 0
+        assert await relay.outbox_next_due("r3", retry_at) is None
+    finally:
+        await writer.close()
+        await relay.close()
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "sqlalchemy"])
+async def test_settle_and_claim_in_one_step(
+    sql_url: str, direct: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not direct:
+        monkeypatch.setattr(SqlStore, "_outbox_direct", _no_direct)
+    store = SqlStore(sql_url)
+    try:
+        a, b = lifecycle("pay_a"), lifecycle("pay_b")
+        await store.commit(change(None, a[:2]))
+        await store.commit(change(None, b[:1]))
+        batch = await claim(store, "r1", limit=2)
+        assert [m.message_id for m in batch] == ["pay_a:1", "pay_a:2"]
+        payment_a = await store.load("pay_a")
+        await store.commit(change(payment_a, a[2:3]))  # while the batch is out
+
+        # Settled, and the next batch claimed at once: pay_a's lease was released and is
+        # taken again for its new message; pay_b's oldest message comes first.
+        lease_until = at(101) + LEASE
+        settled, after = await store.outbox_settle_and_claim(
+            "r1", at(101), batch, (), 3, lease_until, 10
+        )
+        assert settled == OutboxSettled(published=2)
+        assert [m.message_id for m in after] == ["pay_b:1", "pay_a:3"]
+        assert [m.event for m in after] == [b[0], a[2]]
+
+        # Another owner's settle is refused; its claim then finds both payments leased.
+        refused, none = await store.outbox_settle_and_claim(
+            "r2", at(102), after, (), 3, at(102) + LEASE, 10
+        )
+        assert (refused, none) == (OutboxSettled(refused=2), [])
+
+        # With a failure to record: pay_b backs off, pay_a is published, nothing is left
+        # to claim until the backoff ends.
+        retry_at = at(110)
+        failure = fail(after[:1], "down", retry_at)
+        settled, later = await store.outbox_settle_and_claim(
+            "r1", at(103), after[1:], [failure], 3, at(103) + LEASE, 10
+        )
+        assert (settled.published, settled.failed, later) == (1, 1, [])
+        assert await store.outbox_next_due("r1", at(103)) == retry_at
+        retried = await claim(store, "r1", now=retry_at)
+        assert [(m.message_id, m.attempts) for m in retried] == [("pay_b:1", 1)]
+    finally:
+        await store.close()
+
+
+async def _no_direct(*args: Any, **kwargs: Any) -> None:
+    return None  # as when aiosqlite lacks the internals: every step through SQLAlchemy
+
+
+async def test_a_claim_cancelled_mid_statement_leaves_the_pool_usable(pg_url: str) -> None:
+    """A relay task cancelled while PostgreSQL runs its claim on the bare driver: the
+    connection goes back to the pool (asyncpg cancels the statement itself) and the store's
+    next reads and writes work."""
+    store = SqlStore(pg_url)
+    try:
+        await store.commit(change(None, lifecycle("pay_a")[:1]))  # one pooled connection
+        started = anyio.Event()
+
+        async def slow_claim(db: Any, params: dict[str, Any]) -> list[Any]:
+            started.set()
+            await db.fetch("SELECT pg_sleep(30)")
+            return []
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as group:
+                direct = store._outbox_direct(slow_claim, lambda db, params: [], {})
+                group.start_soon(lambda: direct)
+                await started.wait()
+                group.cancel_scope.cancel()
+            payment = await store.load("pay_a")
+            await store.commit(change(payment, lifecycle("pay_a")[1:2]))
+            assert await store.outbox_size() == 2
     finally:
         await store.close()

@@ -4,7 +4,9 @@ what only a SQL backend has (URLs, durability across reopen, unreachable servers
 from __future__ import annotations
 
 import secrets
+import sqlite3
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import cast
 
@@ -20,15 +22,22 @@ from aegispay.errors import (
     StoreError,
     StoreUnavailable,
 )
-from aegispay.store.base import Change, IdempotencyClaimed
-from aegispay.store.sql import SqlStore, normalise_url
-from sqlalchemy import text
+from aegispay.store import sql as sql_module
+from aegispay.store import sql_direct
+from aegispay.store.base import Change, IdempotencyClaimed, IdempotencyProgress, is_unsettled
+from aegispay.store.recent import RecentlyWritten
+from aegispay.store.sql import SqlStore, normalise_url, payment_events, payments
+from aegispay.store.sql_batch import _bind_sqlite
+from aegispay.store.sql_direct import sqlite_runner
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 from store_conformance import (
     StoreConformance,
     StoreFactory,
+    at,
     change,
     idem,
+    in_flight,
     initiated,
     lifecycle,
     snapshot,
@@ -147,6 +156,82 @@ class _SqlConformance(StoreConformance):
             "idempotency_keys": 50,
         }
 
+    async def test_batch_keeps_values_exact(self, store: SqlStore) -> None:
+        """The batch path's own encoding (JSON parameters on PostgreSQL, values bound by
+        column on SQLite) stores what SQLAlchemy's types did: instants to the microsecond
+        whatever the offset, booleans, text with quotes, backslashes and non-ASCII."""
+        berlin = timezone(timedelta(hours=2))
+        creates, updates = [], []
+        for i in range(6):
+            event = attrs.evolve(
+                initiated(f"pay_{i}"),
+                occurred_at=at(i).astimezone(berlin),  # same instant, +02:00
+                description='b\u00fccher "7" \\ \u2713',
+            )
+            first = change(None, [event], token=7)
+            creates.append(attrs.evolve(first, idempotency=idem(first.payment, key=f"k{i}")))
+        assert await commit_all(store, creates) == [None] * 6
+        for c in creates:
+            update = change(c.payment, [started(c.payment.id, 2)], token=9)
+            updates.append(update)
+        assert await commit_all(store, updates) == [None] * 6
+        store._recent_payments = RecentlyWritten()  # decode what the database holds
+        store._recent_events = RecentlyWritten()
+        for i, (c, u) in enumerate(zip(creates, updates, strict=True)):
+            assert await store.load(c.payment.id) == u.payment
+            assert await store.events(c.payment.id) == [*c.events, *u.events]
+            assert await store.find_idempotency("m_1", f"k{i}") == c.idempotency
+        async with store._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(payments.c.updated_at, payments.c.unsettled, payments.c.fence).where(
+                        payments.c.id == "pay_3"
+                    )
+                )
+            ).one()
+            occurred = (
+                await conn.execute(
+                    select(payment_events.c.occurred_at).where(
+                        payment_events.c.payment_id == "pay_3", payment_events.c.version == 1
+                    )
+                )
+            ).scalar_one()
+        assert row.updated_at == updates[3].payment.updated_at and row.fence == 9
+        assert row.unsettled is is_unsettled(updates[3].payment)
+        assert occurred == at(3) and occurred.utcoffset() == timedelta(0)
+
+    async def test_batch_redone_change_by_change_fails_only_the_culprit(
+        self, store: SqlStore
+    ) -> None:
+        """A batch write that hits a unique key (a create of an id that exists) is rolled back
+        whole and redone change by change: only that change fails, with the precise error."""
+        existing = change(None, [initiated("pay_x")])
+        await store.commit(existing)
+        batch = [change(None, [initiated(f"pay_{i}")]) for i in range(5)]
+        batch.insert(2, change(None, [initiated("pay_x", minor=5)]))
+        results = await commit_all(store, batch)
+        assert isinstance(results[2], ConcurrencyConflict)
+        assert [r for i, r in enumerate(results) if i != 2] == [None] * 5
+        assert await store.load("pay_x") == existing.payment
+        assert len(await store.outbox_pending(100)) == 6
+
+    async def test_claim_and_progress_of_one_key_in_one_change(self, store: SqlStore) -> None:
+        """A change that claims a key and moves it on: the move sees the claim (PostgreSQL
+        writes both in one statement otherwise, where a part never sees another's rows)."""
+        c = change(None, [initiated("pay_1")])
+        claim = in_flight(c.payment, "k", locked_at=at(0))
+        step = IdempotencyProgress("m_1", "k", "pay_1", "processing", "in_flight", at(5))
+        others = [change(None, [initiated(f"pay_{i}")]) for i in range(2, 5)]
+        both = attrs.evolve(c, idempotency=claim, progress=step)
+        assert await commit_all(store, [*others, both]) == [None] * 4
+        record = await store.find_idempotency("m_1", "k")
+        assert record is not None
+        assert (record.recovery_point, record.state, record.locked_at) == (
+            "processing",
+            "in_flight",
+            at(5),
+        )
+
 
 class TestSqliteMemoryStore(_SqlConformance):
     @pytest.fixture
@@ -176,6 +261,54 @@ class TestSqliteFileStore(_SqlConformance):
         yield factory
         for store in stores:
             await store.close()
+
+    async def test_installed_aiosqlite_runs_batches_in_one_hand_off(self, store: SqlStore) -> None:
+        """The direct path uses aiosqlite's private ``_execute``/``_conn``: if an upgrade drops
+        them the store still works (next test), but slower - this says so."""
+        async with store._transaction(raw=True) as driver:
+            assert sqlite_runner(driver) is not None
+
+    async def test_without_aiosqlite_internals_sqlalchemy_does_the_work(
+        self, store: SqlStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(sql_module, "sqlite_runner", lambda driver: None)
+        first = [change(None, [initiated(f"pay_{i}")]) for i in range(4)]
+        assert await commit_all(store, first) == [None] * 4
+        second = [change(c.payment, [started(c.payment.id, 2)]) for c in first]
+        second.append(change(first[0].payment, [started("pay_0", 2)]))  # stale: conflicts
+        results = await commit_all(store, second)
+        assert results[:4] == [None] * 4 and isinstance(results[4], ConcurrencyConflict)
+        store._recent_payments = RecentlyWritten()
+        assert await store.load("pay_1") == second[1].payment
+        assert await store.events("pay_1") == [*first[1].events, *second[1].events]
+
+    @pytest.mark.parametrize(
+        ("error", "expected"),
+        [
+            (sqlite3.OperationalError("database is locked"), StoreUnavailable),
+            (sqlite3.DatabaseError("database disk image is malformed"), StoreError),
+        ],
+    )
+    async def test_driver_errors_of_the_direct_path_become_ours(
+        self,
+        store: SqlStore,
+        monkeypatch: pytest.MonkeyPatch,
+        error: Exception,
+        expected: type[Exception],
+    ) -> None:
+        """sqlite3's own errors (SQLAlchemy does not see the direct path's) map as SQLAlchemy's
+        wrapped ones did, for every change of the batch."""
+
+        def failing(db: sqlite3.Connection, *args: object) -> set[int]:
+            raise error
+
+        monkeypatch.setattr(sql_module, "write_sqlite", failing)
+        results = await commit_all(store, [change(None, [initiated(f"pay_{i}")]) for i in range(3)])
+        assert all(type(r) is expected for r in results), results
+        assert "sqlite" in str(results[0])
+        monkeypatch.undo()
+        assert await store.load("pay_0") is None
+        assert await commit_all(store, [change(None, [initiated("pay_0")])]) == [None]
 
     async def test_wal_mode_and_synchronous(self, store: SqlStore) -> None:
         async with store._engine.connect() as conn:
@@ -288,6 +421,35 @@ def test_url_normalisation(url: str, expected: str) -> None:
 def test_unsupported_urls(url: str) -> None:
     with pytest.raises(ConfigError):
         normalise_url(url)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        at(0),  # UTC, microseconds
+        at(0).replace(microsecond=0),  # no microseconds: still written out
+        at(0).astimezone(timezone(timedelta(hours=-5))),  # another offset: converted
+        None,
+    ],
+)
+def test_sqlite_time_is_sqlalchemys_text(value: datetime | None) -> None:
+    """SQLite compares datetimes as text: the direct path must write SQLAlchemy's format."""
+    expected = None if value is None else _bind_sqlite(value)
+    assert sql_direct.sqlite_time(value) == expected
+
+
+def test_direct_column_lists_match_the_row_builders() -> None:
+    """sql_direct names each table's columns itself: they must be the row builders' keys."""
+    store = SqlStore("sqlite://")
+    first = change(None, lifecycle("pay_1")[:2], token=1)
+    record = idem(first.payment)
+    history, messages = store._event_rows(first.events)
+    assert tuple(store._projection_row(first)) == sql_direct.PAYMENT_COLUMNS
+    assert tuple(store._claim_row(record)) == sql_direct.CLAIM_COLUMNS
+    assert tuple(history[0]) == sql_direct.EVENT_COLUMNS
+    assert tuple(messages[0]) == sql_direct.OUTBOX_COLUMNS
+    assert tuple(store._attempt_rows(first)[0]) == sql_direct.ATTEMPT_COLUMNS
+    assert set(sql_direct.KeyRow._fields) == set(sql_direct.CLAIM_COLUMNS)
 
 
 def test_schema_only_on_postgres() -> None:

@@ -199,6 +199,20 @@ class PaymentStore(Protocol):
         their payment back off until ``retry_at`` - and those payments' leases are released.
         Messages of payments whose lease ``owner`` lost are left alone (``refused``)."""
 
+    async def outbox_settle_and_claim(
+        self,
+        owner: str,
+        now: datetime,
+        delivered: Sequence[OutboxMessage],
+        failures: Sequence[OutboxFailure],
+        max_attempts: int,
+        lease_until: datetime,
+        limit: int,
+    ) -> tuple[OutboxSettled, list[OutboxMessage]]:
+        """``outbox_settle`` and then ``outbox_claim`` at the same ``now``: what a relay that
+        works through a backlog does between two batches. A store may do both in one
+        transaction (one wait for SQLite's write lock instead of two)."""
+
     async def outbox_next_due(self, owner: str, after: datetime) -> datetime | None:
         """The earliest time later than ``after`` (the ``now`` of the relay's last claim, which
         came back empty) when something ``owner`` could not claim then may become claimable:

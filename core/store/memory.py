@@ -280,6 +280,19 @@ class MemoryStore:
                 self._ready.pop(payment_id, None)
         return OutboxSettled(published, failed, tuple(parked), refused)
 
+    async def outbox_settle_and_claim(
+        self,
+        owner: str,
+        now: datetime,
+        delivered: Sequence[OutboxMessage],
+        failures: Sequence[OutboxFailure],
+        max_attempts: int,
+        lease_until: datetime,
+        limit: int,
+    ) -> tuple[OutboxSettled, list[OutboxMessage]]:
+        settled = await self.outbox_settle(owner, now, delivered, failures, max_attempts)
+        return settled, await self.outbox_claim(owner, now, lease_until, limit)
+
     async def outbox_next_due(self, owner: str, after: datetime) -> datetime | None:
         times = [t for t in self._retry_at.values() if t > after]
         times.extend(

@@ -15,10 +15,11 @@ unmigrated, older or newer-than-known schema with a message that says what to do
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, nullcontext
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import anyio
 import asyncpg  # type: ignore[import-untyped]
@@ -63,8 +64,17 @@ from .sql_batch import (
     RedoAll,
     advance_keys,
     insert_many,
-    select_keys,
     write_batch,
+)
+from .sql_direct import (
+    CLAIM_COLUMNS,
+    KeyRow,
+    Prepared,
+    fetch_sqlite,
+    sqlite_runner,
+    sqlite_time,
+    write_postgres,
+    write_sqlite,
 )
 from .sql_schema import (
     idempotency_keys,
@@ -112,6 +122,7 @@ def normalise_url(url: str) -> str:
 
 
 _PENDING = sa.and_(outbox.c.published_at.is_(None), outbox.c.parked.is_(False))
+_T = TypeVar("_T")
 
 # Errors that mean "could not talk to the database" (nothing was written).
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -123,6 +134,10 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
 )
+
+
+# The same on the bare driver paths (sqlite3's own errors; SQLAlchemy wraps them elsewhere).
+_UNAVAILABLE_DIRECT: tuple[type[BaseException], ...] = (*_UNAVAILABLE, sqlite3.OperationalError)
 
 
 class _Rejected(Exception):
@@ -290,8 +305,7 @@ class SqlStore:
         results: list[BaseException | None] = [None] * len(changes)
         try:
             with self._errors():
-                async with self._transaction(write=True) as conn:
-                    one_by_one = await write_batch(conn, changes, self, postgres=not self._sqlite)
+                one_by_one = await self._write_batch(changes)
         except RedoAll:
             one_by_one = set(range(len(changes)))
         except AegisPayError as error:  # e.g. the database is unavailable: nothing written
@@ -302,6 +316,22 @@ class SqlStore:
             except Exception as error:
                 results[i] = error
         return results
+
+    async def _write_batch(self, changes: Sequence[Change]) -> set[int]:
+        """The batch on the bare driver connection (:mod:`aegispay.store.sql_direct`): its
+        rows are built first, outside the transaction; SQLAlchemy's path (``write_batch``)
+        only where aiosqlite lacks what the direct path needs."""
+        prepared = Prepared(changes, self)
+        async with self._transaction(write=True, raw=True) as driver:
+            if not self._sqlite:
+                return await write_postgres(driver, changes, prepared)
+            runner = sqlite_runner(driver)
+            if runner is not None:
+                run, db = runner
+                deferred: set[int] = await run(write_sqlite, db, changes, prepared)
+                return deferred
+        async with self._transaction(write=True) as conn:
+            return await write_batch(conn, changes, self, postgres=False)
 
     async def _commit_one(self, change: Change) -> None:
         with self._errors():
@@ -439,17 +469,15 @@ class SqlStore:
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """The ``payment_events`` rows and the ``outbox`` rows for ``events``."""
         history, messages = [], []
-        for e in events:
-            data = _dumps(self._event_types.to_dict(e))
-            key = {"payment_id": e.payment_id, "data": data}
-            history.append(
-                {**key, "version": e.version, "event_id": e.event_id, "type": e.type_name}
-                | {"occurred_at": e.occurred_at}
-            )
-            messages.append(
-                {**key, "message_id": e.event_id, "sequence": e.version}
-                | {"attempts": 0, "parked": False}
-            )
+        to_dict = self._event_types.to_dict
+        for e in events:  # dict displays: merging dicts per row cost more than the JSON
+            payment_id, version, event_id = e.payment_id, e.version, e.event_id
+            data = _dumps(to_dict(e))
+            history.append({"payment_id": payment_id, "data": data, "version": version,
+                            "event_id": event_id, "type": e.type_name,
+                            "occurred_at": e.occurred_at})  # fmt: skip
+            messages.append({"payment_id": payment_id, "data": data, "message_id": event_id,
+                             "sequence": version, "attempts": 0, "parked": False})  # fmt: skip
         return history, messages
 
     async def _insert(self, conn: AsyncConnection, table: sa.Table, rows: list[Any]) -> None:
@@ -485,18 +513,29 @@ class SqlStore:
 
     async def _load_batch(self, payment_ids: Sequence[str]) -> list[tuple[int, str] | None]:
         ids = sorted(set(payment_ids))
-        with self._errors():
-            async with self._transaction() as conn:
-                if self._sqlite:
-                    query = sa.select(payments.c.id, payments.c.version, payments.c.data)
-                    rows = await conn.execute(query.where(payments.c.id.in_(ids)))
-                else:  # one array parameter: one prepared statement whatever the count
-                    rows = await conn.exec_driver_sql(
-                        "SELECT id, version, data FROM payments WHERE id = ANY($1::text[])",
-                        (ids,),
-                    )
-                found = {row.id: (row.version, row.data) for row in rows}
+        # PostgreSQL: one array parameter, one prepared statement whatever the count.
+        where = f"IN ({', '.join('?' * len(ids))})" if self._sqlite else "= ANY($1::text[])"
+        sql = f"SELECT id, version, data FROM payments WHERE id {where}"
+        rows = await self._read(sql, ids if self._sqlite else (ids,))
+        found = {row[0]: (row[1], row[2]) for row in rows}
         return [found.get(payment_id) for payment_id in payment_ids]
+
+    async def _read(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        """One driver-level statement outside any transaction (one statement is its own
+        snapshot): one round trip on PostgreSQL where BEGIN/COMMIT made three, one thread
+        hand-off on SQLite where SQLAlchemy's cursor made five or more. Rows are tuples
+        (asyncpg records) of the driver's values."""
+        with self._errors():
+            async with self._transaction(raw=True) as driver:
+                if not self._sqlite:
+                    return list(await driver.fetch(sql, *params))
+                runner = sqlite_runner(driver)
+                if runner is not None:
+                    run, db = runner
+                    rows: list[Any] = await run(fetch_sqlite, db, sql, params)
+                    return rows
+            async with self._transaction() as conn:  # aiosqlite without its private API
+                return list(await conn.exec_driver_sql(sql, tuple(params)))
 
     async def events(self, payment_id: str) -> list[Event]:
         decode = self._event_types.from_dict
@@ -504,24 +543,15 @@ class SqlStore:
 
     async def _events_batch(self, payment_ids: Sequence[str]) -> list[list[str]]:
         ids = sorted(set(payment_ids))
-        with self._errors():
-            async with self._transaction() as conn:
-                if self._sqlite:
-                    query = (
-                        sa.select(payment_events.c.payment_id, payment_events.c.data)
-                        .where(payment_events.c.payment_id.in_(ids))
-                        .order_by(payment_events.c.payment_id, payment_events.c.version)
-                    )
-                    rows = await conn.execute(query)
-                else:  # one array parameter: one prepared statement whatever the count
-                    rows = await conn.exec_driver_sql(
-                        "SELECT payment_id, data FROM payment_events "
-                        "WHERE payment_id = ANY($1::text[]) ORDER BY payment_id, version",
-                        (ids,),
-                    )
-                histories: dict[str, list[str]] = {}
-                for row in rows:
-                    histories.setdefault(row.payment_id, []).append(row.data)
+        where = f"IN ({', '.join('?' * len(ids))})" if self._sqlite else "= ANY($1::text[])"
+        rows = await self._read(
+            f"SELECT payment_id, data FROM payment_events WHERE payment_id {where}"
+            " ORDER BY payment_id, version",
+            ids if self._sqlite else (ids,),
+        )
+        histories: dict[str, list[str]] = {}
+        for payment_id, data in rows:
+            histories.setdefault(payment_id, []).append(data)
         return [histories.get(payment_id, []) for payment_id in payment_ids]
 
     async def find_idempotency(
@@ -535,10 +565,26 @@ class SqlStore:
         return self._idempotency_record(row)
 
     async def _find_batch(self, wanted: Sequence[tuple[str, str]]) -> list[Any]:
-        with self._errors():
-            async with self._transaction() as conn:
-                rows = await select_keys(conn, sorted(set(wanted)), not self._sqlite, full=True)
-                found = {(row.scope, row.key): row for row in rows}
+        pairs = sorted(set(wanted))
+        listed = ", ".join(f'k."{name}"' for name in CLAIM_COLUMNS)
+        if self._sqlite:
+            values = ", ".join("(?, ?)" for _ in pairs)
+            where = f"(k.scope, k.key) IN (VALUES {values})"
+            sql = f"SELECT {listed} FROM idempotency_keys AS k WHERE {where}"
+            params: Sequence[Any] = [part for pair in pairs for part in pair]
+        else:  # array parameters: one prepared statement whatever the count
+            sql = (
+                f"SELECT {listed} FROM idempotency_keys AS k"
+                " JOIN unnest($1::text[], $2::text[]) AS w(scope, key)"
+                " ON k.scope = w.scope AND k.key = w.key"
+            )
+            params = ([scope for scope, _ in pairs], [key for _, key in pairs])
+        found: dict[tuple[str, str], KeyRow] = {}
+        for values in await self._read(sql, params):
+            row = KeyRow._make(values)
+            if self._sqlite:  # SQLite keeps datetimes as UTC text
+                row = row.from_sqlite()
+            found[row.scope, row.key] = row
         return [found.get(scope_key) for scope_key in wanted]
 
     async def payment_ids(self) -> list[str]:
@@ -571,10 +617,21 @@ class SqlStore:
     ) -> list[OutboxMessage]:
         if limit <= 0:
             return []
+        # The bare driver (see ``_outbox_direct``): one round trip on PostgreSQL where
+        # SQLAlchemy's transaction made four, one thread hand-off on SQLite; rows come back
+        # without their JSON, which only the events this process did not commit need.
+        params = {"owner": owner, "now": now, "lease_until": lease_until, "limit": limit}
+        rows = await self._outbox_direct(_pg_claim, _sqlite_claim, params)
+        if rows is not None:
+            return await self._outbox_messages(rows)
+        return await self._outbox_claim_generic(params)
+
+    async def _outbox_claim_generic(self, params: dict[str, Any]) -> list[OutboxMessage]:
+        """``outbox_claim`` through SQLAlchemy: where aiosqlite lacks the direct path."""
+        limit = params["limit"]
         with self._errors():
             async with self._transaction(write=True) as conn:
                 claim = _CLAIM[self._sqlite]
-                params = {"owner": owner, "now": now, "lease_until": lease_until, "limit": limit}
                 claimed = list((await conn.execute(claim, params)).scalars())
                 if not claimed:
                     return []
@@ -601,6 +658,47 @@ class SqlStore:
         failures: Sequence[OutboxFailure],
         max_attempts: int,
     ) -> OutboxSettled:
+        if not failures:  # the usual case: one statement (or hand-off) on the bare driver
+            if not delivered:
+                return OutboxSettled()
+            params = _settle_params(owner, now, delivered)
+            done = await self._outbox_direct(_pg_settle, _sqlite_settle, params)
+            if done is not None:
+                return _settled(delivered, *done)
+        return await self._outbox_settle_generic(owner, now, delivered, failures, max_attempts)
+
+    async def outbox_settle_and_claim(
+        self,
+        owner: str,
+        now: datetime,
+        delivered: Sequence[OutboxMessage],
+        failures: Sequence[OutboxFailure],
+        max_attempts: int,
+        lease_until: datetime,
+        limit: int,
+    ) -> tuple[OutboxSettled, list[OutboxMessage]]:
+        if delivered and not failures and limit > 0:
+            # SQLite: one write transaction (one wait for the write lock); PostgreSQL: the
+            # same statements as apart, on one pooled connection.
+            params = _settle_params(owner, now, delivered)
+            params.update(lease_until=lease_until, limit=limit)
+            done = await self._outbox_direct(_pg_settle_and_claim, _sqlite_settle_and_claim, params)
+            if done is not None:
+                (published, lost), rows = done
+                return _settled(delivered, published, lost), await self._outbox_messages(rows)
+        settled = await self.outbox_settle(owner, now, delivered, failures, max_attempts)
+        return settled, await self.outbox_claim(owner, now, lease_until, limit)
+
+    async def _outbox_settle_generic(
+        self,
+        owner: str,
+        now: datetime,
+        delivered: Sequence[OutboxMessage],
+        failures: Sequence[OutboxFailure],
+        max_attempts: int,
+    ) -> OutboxSettled:
+        """``outbox_settle`` through SQLAlchemy: with failures to record (rare), or where
+        aiosqlite lacks the direct path."""
         touched = sorted({m.payment_id for m in delivered} | {f.payment_id for f in failures})
         if not touched:
             return OutboxSettled()
@@ -649,6 +747,11 @@ class SqlStore:
         return OutboxSettled(published, len(counted), parked, refused)
 
     async def outbox_next_due(self, owner: str, after: datetime) -> datetime | None:
+        rows = await self._outbox_direct(
+            _pg_next_due, _sqlite_next_due, {"owner": owner, "after": after}, write=False
+        )
+        if rows is not None:
+            return min((t for t in rows if t is not None), default=None)
         retry = sa.select(sa.func.min(outbox.c.next_attempt_at)).where(
             _PENDING, outbox.c.next_attempt_at > after
         )
@@ -725,6 +828,57 @@ class SqlStore:
             next_retry_at=next_retry,
         )
 
+    async def _outbox_direct(
+        self,
+        postgres: Callable[[Any, dict[str, Any]], Awaitable[_T]],
+        sqlite: Callable[[sqlite3.Connection, dict[str, Any]], _T],
+        params: dict[str, Any],
+        *,
+        write: bool = True,
+    ) -> _T | None:
+        """One relay step on the pooled connection's bare driver, outside SQLAlchemy:
+        ``postgres(asyncpg connection, params)`` - statements outside any transaction, so a
+        step that is one statement is one round trip (its own snapshot and commit) - or
+        ``sqlite(sqlite3 connection, params)`` in aiosqlite's thread, the whole transaction in
+        one hand-off (``write``: holding the store's write lock). None when aiosqlite lacks
+        the private API that needs (the caller then goes through SQLAlchemy)."""
+        with self._errors():
+            async with self._transaction(write=write, raw=True) as driver:
+                if not self._sqlite:
+                    return await postgres(driver, params)
+                runner = sqlite_runner(driver)
+                if runner is None:
+                    return None
+                run, db = runner
+                result: _T = await run(sqlite, db, params)
+                return result
+
+    async def _outbox_messages(self, rows: Sequence[Any]) -> list[OutboxMessage]:
+        """Messages from (message_id, payment_id, sequence, attempts) rows. The events this
+        process committed come from ``_recent_events``; only the others' JSON is fetched
+        (one more statement) and decoded."""
+        take = self._recent_events.take
+        events: list[Event | None] = []
+        missing: list[str] = []
+        for row in rows:
+            event = take(row[0])
+            if event is None:
+                missing.append(row[0])
+            events.append(event)
+        if missing:
+            params = {"messages": missing}
+            found = await self._outbox_direct(
+                _pg_event_data, _sqlite_event_data, params, write=False
+            )
+            decode, data = self._event_types.from_dict, dict(found or ())
+            for i, row in enumerate(rows):
+                if events[i] is None:
+                    events[i] = decode(orjson.loads(data[row[0]]))
+        return [
+            OutboxMessage(row[0], row[1], row[2], event, row[3])  # type: ignore[arg-type]
+            for row, event in zip(rows, events, strict=True)
+        ]
+
     def _message(self, row: Any) -> OutboxMessage:
         event = self._recent_events.take(row.message_id)  # committed here: no decoding
         if event is None:
@@ -799,8 +953,11 @@ class SqlStore:
 
     @asynccontextmanager
     async def _transaction(
-        self, write: bool = False, check: bool = True
-    ) -> AsyncIterator[AsyncConnection]:
+        self, write: bool = False, check: bool = True, raw: bool = False
+    ) -> AsyncIterator[Any]:
+        """A SQLAlchemy connection in a transaction; ``raw``: the pooled connection's bare
+        driver connection (asyncpg or aiosqlite) with no transaction begun - the caller
+        runs its own (see :mod:`aegispay.store.sql_direct`)."""
         if check and not self._schema_checked:
             async with self._schema_check:  # once, not once per concurrent first caller
                 if not self._schema_checked:
@@ -809,6 +966,17 @@ class SqlStore:
         writers: AbstractAsyncContextManager[Any] = (
             self._write_lock if write and self._write_lock is not None else nullcontext()
         )
+        if raw:
+            async with serial, writers, self._engine.connect() as conn:
+                driver = (await conn.get_raw_connection()).driver_connection
+                try:
+                    yield driver
+                except _UNAVAILABLE:
+                    # SQLAlchemy did not see the error: drop the connection from the pool
+                    # itself rather than hand a broken one to the next caller.
+                    await conn.invalidate()
+                    raise
+            return
         async with serial, writers, (self._writer if write else self._engine).begin() as conn:
             yield conn
 
@@ -819,11 +987,11 @@ class SqlStore:
             yield
         except (AegisPayError, IdempotencyClaimed, _Rejected, _Claimed):
             raise
-        except _UNAVAILABLE as error:
+        except _UNAVAILABLE_DIRECT as error:
             raise StoreUnavailable(
                 f"store {self.url} is unavailable: {self._describe(error)}"
             ) from error
-        except (exc.SQLAlchemyError, asyncpg.PostgresError) as error:
+        except (exc.SQLAlchemyError, asyncpg.PostgresError, sqlite3.Error) as error:
             raise StoreError(f"store {self.url}: {self._describe(error)}") from error
 
     def _describe(self, error: BaseException) -> str:
@@ -978,3 +1146,271 @@ def _outbox_failure_statement(
         )
         .returning(outbox.c.message_id, outbox.c.parked)
     )
+
+
+# -- outbox on the bare driver (``SqlStore._outbox_direct``) -------------------------------------
+# The same statements as above, as text: asyncpg and sqlite3 take them as they are, with no
+# SQLAlchemy compilation, row objects or result processors per row. ``parked IS false`` /
+# ``IS 0`` as SQLAlchemy renders ``_PENDING``, so the plans stay those of the statements above.
+
+
+def _oldest(sqlite: bool) -> str:
+    """``_outbox_claim_statement``'s "oldest" subquery (see there for why it is written so)."""
+    if sqlite:
+        owner, now, limit, parked = ":owner", ":now", ":limit", "IS 0"
+    else:
+        owner, now, limit, parked = "$1::text", "$2::timestamptz", "$4::int", "IS false"
+    return (
+        f"SELECT o.payment_id FROM outbox AS o WHERE o.published_at IS NULL AND o.parked {parked}"
+        " AND NOT EXISTS (SELECT 1 FROM outbox_leases AS l WHERE l.payment_id = o.payment_id"
+        f" AND l.owner != {owner} AND l.expires_at > {now})"
+        " AND coalesce((SELECT max(CASE WHEN b.published_at IS NULL AND b.parked"
+        f" {parked} THEN b.next_attempt_at END) FROM outbox AS b"
+        f" WHERE b.payment_id = o.payment_id), {now}) <= {now}"
+        f" ORDER BY o.published_at, o.parked, o.seq LIMIT {limit}"
+    )
+
+
+# PostgreSQL: the claim, then the fetch, each a statement of its own (each its own snapshot
+# and commit: two round trips, where SQLAlchemy's transaction made four). Not one statement
+# with the claim in a CTE: its fetch would read the snapshot taken before the INSERT waited
+# for a lease row another relay held, and so deliver again - after later ones - messages that
+# relay published meanwhile (several relays sharing a backlog did that within seconds).
+_PG_CLAIM = f"""
+INSERT INTO outbox_leases (payment_id, owner, expires_at)
+SELECT oldest.payment_id, $1::text, $3::timestamptz FROM ({_oldest(False)}) AS oldest
+GROUP BY oldest.payment_id ORDER BY oldest.payment_id
+ON CONFLICT (payment_id) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
+WHERE outbox_leases.expires_at <= $2::timestamptz OR outbox_leases.owner = $1::text
+RETURNING payment_id
+"""
+# A claimed payment's rows are found through ix_outbox_payment alone: ``OFFSET 0`` keeps the
+# pending test out of that scan (given it, PostgreSQL - which cannot estimate how many
+# payments the array holds - ANDed in a bitmap of ix_outbox_pending: every pending row, once
+# per payment). The rows come out grouped by payment (ordered by each payment's oldest row),
+# in ``sequence`` order within one: the order ``outbox_claim`` returns.
+_PG_FETCH = """
+SELECT message_id, payment_id, sequence, attempts FROM (
+    SELECT m.seq, m.message_id, m.payment_id, m.sequence, m.attempts
+    FROM json_array_elements_text($1::json) AS claimed(payment_id) CROSS JOIN LATERAL (
+        SELECT o.seq, o.message_id, o.payment_id, o.sequence, o.attempts, o.published_at,
+            o.parked
+        FROM outbox AS o WHERE o.payment_id = claimed.payment_id OFFSET 0
+    ) AS m
+    WHERE m.published_at IS NULL AND m.parked IS false
+    ORDER BY m.seq LIMIT $2::int
+) AS batch ORDER BY min(seq) OVER (PARTITION BY payment_id), sequence
+"""
+# Settle without failures, one statement: lock our unexpired leases (in payment order, as
+# claims take them), mark those payments' delivered rows published, drop the leases; returns
+# the count published and the payments whose lease we no longer held. A relay taking over
+# one of these leases waits for this statement, then finds the rows published. Each row is
+# found through the message id's unique index, its payment checked against the locked
+# leases first (matched with ``= ANY`` as a filter instead, PostgreSQL scanned the whole array
+# per row, or walked the pending index). Id lists travel as JSON text (``_json_list``):
+# asyncpg encodes an array parameter element by element in Python.
+_PG_SETTLE = """
+WITH delivered AS (
+    SELECT * FROM ROWS FROM (
+        json_array_elements_text($3::json), json_array_elements_text($4::json)
+    ) AS m(message_id, payment_id)
+), held AS (
+    SELECT l.payment_id FROM (SELECT DISTINCT payment_id FROM delivered) AS d
+    JOIN outbox_leases AS l ON l.payment_id = d.payment_id
+    WHERE l.owner = $1::text AND l.expires_at > $2::timestamptz
+    ORDER BY l.payment_id FOR UPDATE OF l
+), published AS (
+    UPDATE outbox SET published_at = $2::timestamptz
+    FROM delivered JOIN held ON held.payment_id = delivered.payment_id
+    WHERE outbox.message_id = delivered.message_id
+    AND outbox.payment_id = delivered.payment_id
+    AND outbox.published_at IS NULL AND outbox.parked IS false
+    RETURNING 1
+), released AS (
+    DELETE FROM outbox_leases AS l USING held WHERE l.payment_id = held.payment_id
+)
+SELECT (SELECT count(*) FROM published),
+    ARRAY(SELECT payment_id FROM delivered EXCEPT SELECT payment_id FROM held)
+"""
+_PG_NEXT_DUE = """
+SELECT (SELECT min(next_attempt_at) FROM outbox WHERE published_at IS NULL
+        AND parked IS false AND next_attempt_at > $2::timestamptz),
+    (SELECT min(expires_at) FROM outbox_leases
+        WHERE owner != $1::text AND expires_at > $2::timestamptz)
+"""
+_PG_EVENT_DATA = (
+    "SELECT message_id, data FROM outbox"
+    " WHERE message_id IN (SELECT json_array_elements_text($1::json))"
+)
+
+
+async def _pg_claim(db: asyncpg.Connection, params: dict[str, Any]) -> list[Any]:
+    limit = params["limit"]
+    claimed = await db.fetch(
+        _PG_CLAIM, params["owner"], params["now"], params["lease_until"], limit
+    )
+    if not claimed:
+        return []
+    return list(await db.fetch(_PG_FETCH, _json_list([row[0] for row in claimed]), limit))
+
+
+async def _pg_settle(db: asyncpg.Connection, params: dict[str, Any]) -> tuple[int, list[str]]:
+    messages, payments = _json_list(params["messages"]), _json_list(params["message_payments"])
+    published, lost = await db.fetchrow(
+        _PG_SETTLE, params["owner"], params["now"], messages, payments
+    )
+    return published, lost
+
+
+async def _pg_settle_and_claim(
+    db: asyncpg.Connection, params: dict[str, Any]
+) -> tuple[tuple[int, list[str]], list[Any]]:
+    return await _pg_settle(db, params), await _pg_claim(db, params)
+
+
+async def _pg_next_due(db: asyncpg.Connection, params: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(await db.fetchrow(_PG_NEXT_DUE, params["owner"], params["after"]))
+
+
+async def _pg_event_data(db: asyncpg.Connection, params: dict[str, Any]) -> list[Any]:
+    return list(await db.fetch(_PG_EVENT_DATA, _json_list(params["messages"])))
+
+
+# SQLite: each step is one transaction in aiosqlite's thread (one hand-off). Id lists travel
+# as one JSON text (``json_each``): the statement text stays the same whatever the count.
+# A unary ``+`` keeps a pending test from choosing ix_outbox_pending (every pending row,
+# with a backlog) over the lookups by id that the lists make.
+_SQLITE_CLAIM = f"""
+INSERT INTO outbox_leases (payment_id, owner, expires_at)
+SELECT oldest.payment_id, :owner, :lease_until FROM ({_oldest(True)}) AS oldest
+WHERE 1 GROUP BY oldest.payment_id ORDER BY oldest.payment_id
+ON CONFLICT (payment_id) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
+WHERE outbox_leases.expires_at <= :now OR outbox_leases.owner = :owner
+RETURNING payment_id
+"""
+_SQLITE_FETCH = """
+SELECT message_id, payment_id, sequence, attempts FROM (
+    SELECT seq, message_id, payment_id, sequence, attempts FROM outbox
+    WHERE payment_id IN (SELECT value FROM json_each(:payments))
+    AND +published_at IS NULL AND +parked IS 0
+    ORDER BY seq LIMIT :limit
+) ORDER BY min(seq) OVER (PARTITION BY payment_id), sequence
+"""
+_SQLITE_PUBLISH = """
+UPDATE outbox SET published_at = :now
+WHERE message_id IN (SELECT value FROM json_each(:messages))
+AND +published_at IS NULL AND +parked IS 0
+AND EXISTS (SELECT 1 FROM outbox_leases AS l WHERE l.payment_id = outbox.payment_id
+    AND l.owner = :owner AND l.expires_at > :now)
+"""
+_SQLITE_RELEASE = """
+DELETE FROM outbox_leases WHERE payment_id IN (SELECT value FROM json_each(:payments))
+AND owner = :owner AND expires_at > :now RETURNING payment_id
+"""
+_SQLITE_NEXT_DUE = """
+SELECT (SELECT min(next_attempt_at) FROM outbox WHERE published_at IS NULL
+        AND parked IS 0 AND next_attempt_at > :after),
+    (SELECT min(expires_at) FROM outbox_leases WHERE owner != :owner AND expires_at > :after)
+"""
+_SQLITE_EVENT_DATA = (
+    "SELECT message_id, data FROM outbox WHERE message_id IN (SELECT value FROM json_each(?))"
+)
+
+
+def _settle_params(owner: str, now: datetime, delivered: Sequence[OutboxMessage]) -> dict[str, Any]:
+    return {
+        "owner": owner,
+        "now": now,
+        "payments": list(dict.fromkeys([m.payment_id for m in delivered])),
+        "messages": [m.message_id for m in delivered],
+        "message_payments": [m.payment_id for m in delivered],
+    }
+
+
+def _settled(
+    delivered: Sequence[OutboxMessage], published: int, lost: Sequence[str]
+) -> OutboxSettled:
+    """A direct settle's result: ``lost``, the payments whose lease was no longer ours."""
+    refused = 0
+    if lost:
+        gone = set(lost)
+        refused = sum(1 for m in delivered if m.payment_id in gone)
+    return OutboxSettled(published=published, refused=refused)
+
+
+def _json_list(values: Sequence[str]) -> str:
+    return orjson.dumps(list(values)).decode()
+
+
+def _sqlite_write(db: sqlite3.Connection, step: Callable[[], _T]) -> _T:
+    """``step`` in one write transaction (the write lock taken up front, as every writer)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        result = step()
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _sqlite_claim(db: sqlite3.Connection, params: dict[str, Any]) -> list[Any]:
+    return _sqlite_write(db, lambda: _sqlite_claim_step(db, params))
+
+
+def _sqlite_settle(db: sqlite3.Connection, params: dict[str, Any]) -> tuple[int, list[str]]:
+    return _sqlite_write(db, lambda: _sqlite_settle_step(db, params))
+
+
+def _sqlite_settle_and_claim(
+    db: sqlite3.Connection, params: dict[str, Any]
+) -> tuple[tuple[int, list[str]], list[Any]]:
+    """Both in one write transaction: the relay waits for the write lock once, not twice,
+    between two batches (under load, writers hold it most of the time)."""
+    return _sqlite_write(
+        db, lambda: (_sqlite_settle_step(db, params), _sqlite_claim_step(db, params))
+    )
+
+
+def _sqlite_claim_step(db: sqlite3.Connection, params: dict[str, Any]) -> list[Any]:
+    values = {
+        "owner": params["owner"],
+        "now": sqlite_time(params["now"]),
+        "lease_until": sqlite_time(params["lease_until"]),
+        "limit": params["limit"],
+    }
+    claimed = [row[0] for row in db.execute(_SQLITE_CLAIM, values).fetchall()]
+    if not claimed:
+        return []
+    fetch = {"payments": _json_list(claimed), "limit": params["limit"]}
+    return db.execute(_SQLITE_FETCH, fetch).fetchall()
+
+
+def _sqlite_settle_step(db: sqlite3.Connection, params: dict[str, Any]) -> tuple[int, list[str]]:
+    payments = params["payments"]
+    values = {
+        "owner": params["owner"],
+        "now": sqlite_time(params["now"]),
+        "payments": _json_list(payments),
+        "messages": _json_list(params["messages"]),
+    }
+    # Marked while the leases that guard it are still there, then the leases dropped.
+    published = db.execute(_SQLITE_PUBLISH, values).rowcount
+    held = {row[0] for row in db.execute(_SQLITE_RELEASE, values).fetchall()}
+    return published, [p for p in payments if p not in held]
+
+
+def _sqlite_next_due(db: sqlite3.Connection, params: dict[str, Any]) -> tuple[Any, ...]:
+    values = {"owner": params["owner"], "after": sqlite_time(params["after"])}
+    row = db.execute(_SQLITE_NEXT_DUE, values).fetchone()
+    return tuple(_sqlite_datetime(value) for value in row)
+
+
+def _sqlite_datetime(value: str | None) -> datetime | None:
+    """A stored DATETIME (UTC, no zone: see ``_UtcDateTime``) as an aware datetime."""
+    return None if value is None else datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
+def _sqlite_event_data(db: sqlite3.Connection, params: dict[str, Any]) -> list[Any]:
+    return db.execute(_SQLITE_EVENT_DATA, (_json_list(params["messages"]),)).fetchall()

@@ -8,6 +8,10 @@ error (IdempotencyClaimed, ConcurrencyConflict, FencingTokenRejected) or, for an
 idempotency key, replaces it. So a conflict in one payment never fails another, and the rare
 cases keep one implementation.
 
+The store runs the same decisions on the bare driver connection
+(:mod:`~aegispay.store.sql_direct`: fewer round trips, less Python per row); this SQLAlchemy
+version remains for an aiosqlite without the internals that path uses, and documents the rules.
+
 Why the checks are sound without per-row guards: the projection rows a batch updates are read
 ``FOR UPDATE`` on PostgreSQL (held to commit), and a SQLite writer holds the database's write
 lock from ``BEGIN IMMEDIATE``; the version and fencing checks are therefore made on rows nobody
