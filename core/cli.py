@@ -331,6 +331,10 @@ def _print_report(report: dict[str, Any]) -> None:
             f"{report['answered_s']:.2f} + {report['publish_backlog_s']:.2f} s",
         ),
         ("throughput (end to end)", f"{report['throughput_per_s']:,.0f} payments/s"),
+        (
+            "this process's CPU",
+            f"{report['cpu_s']:.2f} s ({report['cpu_us_per_payment']:,.0f} us per payment)",
+        ),
         ("latency p50 / p95 / p99", f"{latency['p50']} / {latency['p95']} / {latency['p99']} ms"),
         ("orchestration overhead p95", f"{overhead['p95']} ms"),
         ("refunds", f"{report['refunds']:,}"),

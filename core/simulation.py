@@ -197,6 +197,7 @@ async def run_simulation(
         if timeline is not None:
             timeline.start()
         started = time.perf_counter()
+        cpu_started = time.process_time()
         async with anyio.create_task_group() as group:
             for _ in range(min(options.concurrency, options.payments) or 1):
                 group.start_soon(worker)
@@ -205,6 +206,10 @@ async def run_simulation(
     # every payment is answered AND every event published. Timing only the answers would
     # flatter a relay that falls behind (its backlog would grow without bound in production).
     elapsed = time.perf_counter() - started
+    # This process's CPU over the same span (every thread: aiosqlite's too; not a database
+    # server's): per payment, and the share of the wall time it was busy. A share well below
+    # one core means the run waited (on the database, on batches), not computed.
+    cpu = time.process_time() - cpu_started
     rss_end = _rss_mb()
     audit = await audit_store(service, ledger, tally.payment_ids)
     payments = tally.done
@@ -216,6 +221,8 @@ async def run_simulation(
         "throughput_per_s": round(payments / elapsed, 1) if elapsed else 0.0,
         "answered_s": round(answered, 3),
         "publish_backlog_s": round(elapsed - answered, 3),
+        "cpu_s": round(cpu, 3),
+        "cpu_us_per_payment": round(cpu / payments * 1e6, 1) if payments else 0.0,
         "latency_ms": tally.latency.summary(),
         "overhead_ms": tally.overhead.summary(),
         "outcomes": dict(sorted(audit.pop("states").items())),

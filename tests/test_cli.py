@@ -42,6 +42,9 @@ def test_simulate_json_report_has_the_promised_keys_and_clean_money(tmp_path: Pa
     assert report["duplicate_charges"] == 0
     assert report["replay_mismatches"] == 0
     assert report["unrecorded_charges"] == 0
+    # The run's own CPU, for benchmarks: spent, and consistent with its per-payment figure.
+    assert report["cpu_s"] > 0
+    assert report["cpu_us_per_payment"] == pytest.approx(report["cpu_s"] / 300 * 1e6, rel=0.02)
     assert report["outbox_pending"] == 0
 
 
