@@ -6,6 +6,7 @@ asyncio only (redis.asyncio). Tasks are ordered with anyio Events; sleeps only l
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -18,7 +19,7 @@ import redis.asyncio as aioredis
 from _services import REDIS_URL
 from aegispay import events as ev
 from aegispay.errors import FencingTokenRejected, LockTimeout, StoreUnavailable
-from aegispay.locks.redis import RedisLockManager
+from aegispay.locks.redis import RedisLockManager, _Script
 from aegispay.money import Money
 from aegispay.payment import Payment, apply
 from aegispay.requests import PaymentRequest
@@ -393,3 +394,136 @@ async def test_an_acquire_cancelled_after_the_grant_gives_the_lock_back(
         locks.unstick.set()
     finally:
         await locks.close()
+
+
+class _GrantedLate(RedisLockManager):
+    """Holds the acquire call back until told, so its grant lands after the holder gave up."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sending = anyio.Event()
+        self.send = anyio.Event()
+
+    async def _acquire_batch(self, items: Any) -> list[int]:
+        self.sending.set()
+        await self.send.wait()
+        return await super()._acquire_batch(items)
+
+
+async def test_a_grant_that_lands_after_its_holder_gave_up_is_given_back(
+    prefix: str, redis_client: aioredis.Redis
+) -> None:
+    locks = _GrantedLate(REDIS_URL, prefix=prefix)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(locks.hold("k", 5).__aenter__)
+            await locks.sending.wait()
+            tg.cancel_scope.cancel()
+        # The holder's own give-back reached Redis before its grant did: it found nothing.
+        assert await redis_client.exists(locks.lock_key("k")) == 0
+        locks.send.set()
+        await locks._acquires.wait_idle()
+        await locks._releases.wait_idle()
+        # The grant arrived for no one: the batch task gave it back (else 10 s of lease).
+        assert await redis_client.exists(locks.lock_key("k")) == 0
+        async with locks.hold("k", 0.5):
+            pass
+    finally:
+        await locks.close()
+
+
+async def test_scripts_missing_from_the_script_cache_are_sent_whole(
+    locks: RedisLockManager, redis_client: aioredis.Redis
+) -> None:
+    # Scripts Redis has never seen (as after a restart or SCRIPT FLUSH, without flushing the
+    # cache others use): EVALSHA answers NOSCRIPT, and the body goes instead.
+    tag = f"\n-- {uuid.uuid4().hex}\n"
+    for name in ("_acquire_script", "_release_script", "_renew_script"):
+        script = getattr(locks, name)
+        setattr(locks, name, _Script(script.body.split(b"\r\n")[1].decode() + tag))
+    assert not any(await redis_client.script_exists(locks._acquire_script.sha.split(b"\r\n")[1]))
+    for _ in range(2):  # the second time from the script cache
+        async with locks.hold("k", 5) as lease:
+            assert lease.token > 0
+            assert await redis_client.exists(locks.lock_key("k")) == 1
+        assert await redis_client.exists(locks.lock_key("k")) == 0
+
+
+async def test_a_kept_connection_closed_by_the_server_is_replaced(
+    locks: RedisLockManager, redis_client: aioredis.Redis
+) -> None:
+    async with locks.hold("k", 5):
+        pass
+    [kept] = locks._spare
+    await kept.send_command("CLIENT", "ID")
+    client_id = await kept.read_response()
+    assert await redis_client.client_kill_filter(_id=client_id) == 1
+    # Without a retry on a fresh connection this would be StoreUnavailable.
+    async with locks.hold("k", 5) as lease:
+        assert lease.token > 0
+
+
+class _ReleasedWhenTold(RedisLockManager):
+    """Holds each release call back until told."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.releasing = anyio.Event()
+        self.release = anyio.Event()
+
+    async def _release_batch(self, items: Any) -> list[int]:
+        self.releasing.set()
+        await self.release.wait()
+        return await super()._release_batch(items)
+
+
+async def test_a_holder_cancelled_while_releasing_leaves_only_once_released(
+    prefix: str, redis_client: aioredis.Redis
+) -> None:
+    locks = _ReleasedWhenTold(REDIS_URL, prefix=prefix)
+    scope = anyio.CancelScope()
+    left = anyio.Event()
+    hold = locks.hold("k", 5)
+
+    async def holder() -> None:
+        with scope:
+            async with hold:
+                pass
+        left.set()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(holder)
+            await locks.releasing.wait()
+            scope.cancel()
+            await anyio.wait_all_tasks_blocked()
+            assert not left.is_set()  # still waiting for its release, cancelled or not
+            assert await redis_client.exists(locks.lock_key("k")) == 1
+            locks.release.set()
+            await left.wait()
+            assert await redis_client.exists(locks.lock_key("k")) == 0
+        assert not hold.lost
+    finally:
+        locks.release.set()  # close() waits for queued releases
+        await locks.close()
+
+
+async def test_a_key_that_cannot_be_encoded_fails_only_its_own_holder(
+    locks: RedisLockManager,
+) -> None:
+    tokens: list[int] = []
+
+    async def good(key: str) -> None:
+        async with locks.hold(key, 5) as lease:
+            tokens.append(lease.token)
+
+    async def bad() -> None:
+        with pytest.raises(UnicodeEncodeError):
+            async with locks.hold("p\udc80", 5):
+                pass
+
+    async with anyio.create_task_group() as tg:  # first tries that would share a batch
+        tg.start_soon(good, "a")
+        tg.start_soon(bad)
+        tg.start_soon(good, "b")
+    assert len(tokens) == 2
