@@ -12,7 +12,11 @@ What holds for every caller:
   so one payment's conflict fails only that payment.
 * Order within a payment holds: a payment's next change is only submitted once the previous
   one was answered, and a batch never holds two items with the same key (the later one waits
-  for the next batch, in arrival order).
+  for the next batch, in arrival order) - nor does any batch still running.
+* ``in_flight`` batches may run at once (each on its own connection): while one waits on the
+  database the next is built and sent, so a run is not bound by one batch's round trip. As
+  they hold no key in common, they touch disjoint payments and keys, and the database orders
+  them as it orders any concurrent transactions.
 * Cancelling a caller does not cancel the batch (others' writes are in it); the caller just
   stops waiting. As with any database call, a cancelled commit may still have committed.
 
@@ -49,15 +53,20 @@ class Coalescer(Generic[T, R]):
         max_batch: int = 500,
         keys: Callable[[T], Sequence[Hashable]] | None = None,
         owner: str = "the SQL store",
+        in_flight: int = 1,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch: must be at least 1, got {max_batch}")
+        if in_flight < 1:
+            raise ValueError(f"in_flight: must be at least 1, got {in_flight}")
         self._run_batch = run_batch
         self._max_batch = max_batch
         self._keys = keys
         self._owner = owner
         self._queue: deque[tuple[T, asyncio.Future[R]]] = deque()
-        self._drainer: asyncio.Task[None] | None = None
+        self._in_flight = in_flight
+        self._drainers: set[asyncio.Task[None]] = set()
+        self._running_keys: set[Hashable] = set()  # the keys of the batches now running
         self.batches = 0  # how many batches ran (for benchmarks and tests)
         self.items = 0
 
@@ -72,48 +81,62 @@ class Coalescer(Generic[T, R]):
             ) from None
         future: asyncio.Future[R] = loop.create_future()
         self._queue.append((item, future))
-        if self._drainer is None:
-            self._drainer = asyncio.create_task(self._drain(), name="aegispay group commit")
+        if len(self._drainers) < self._in_flight:
+            self._start_drainer()
         return await future
+
+    def _start_drainer(self) -> None:
+        task = asyncio.create_task(self._drain(), name="aegispay group commit")
+        self._drainers.add(task)
 
     async def wait_idle(self) -> None:
         """Wait until everything queued has been run (for shutdown)."""
-        while self._drainer is not None:
-            await asyncio.shield(self._drainer)
+        while self._drainers:
+            await asyncio.shield(next(iter(self._drainers)))
 
     async def _drain(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
         try:
             while self._queue:
-                batch = self._take()
-                await self._run(batch)
+                batch, keys = self._take()
+                if not batch:  # all that waits shares keys with running batches
+                    break
+                try:
+                    await self._run(batch)
+                finally:
+                    self._running_keys.difference_update(keys)
         finally:
-            self._drainer = None
-            # Anything queued after the last take (only if _run raised BaseException) must
-            # not be stranded: hand it to a new drainer.
-            if self._queue:
-                self._drainer = asyncio.create_task(self._drain(), name="aegispay group commit")
+            self._drainers.discard(task)
+            # Anything still queued (held back by a running batch's keys, or left when _run
+            # raised BaseException) must not be stranded: the last drainer hands it on.
+            if self._queue and not self._drainers:
+                self._start_drainer()
 
-    def _take(self) -> list[tuple[T, asyncio.Future[R]]]:
+    def _take(self) -> tuple[list[tuple[T, asyncio.Future[R]]], set[Hashable]]:
+        """The next batch, and the keys it holds (kept from other batches while it runs)."""
         queue = self._queue
         batch: list[tuple[T, asyncio.Future[R]]] = []
+        seen: set[Hashable] = set()
         if self._keys is None:
             while queue and len(batch) < self._max_batch:
                 batch.append(queue.popleft())
-            return batch
-        seen: set[Hashable] = set()
+            return batch, seen
+        running = self._running_keys
         later: list[tuple[T, asyncio.Future[R]]] = []
         while queue and len(batch) < self._max_batch:
             entry = queue.popleft()
             if entry[1].done():  # its caller was cancelled while queued: nothing to write
                 continue
             keys = self._keys(entry[0])
-            if seen.isdisjoint(keys):
+            if seen.isdisjoint(keys) and running.isdisjoint(keys):
                 seen.update(keys)
                 batch.append(entry)
             else:
                 later.append(entry)
         queue.extendleft(reversed(later))  # they keep their place at the front
-        return batch
+        running.update(seen)
+        return batch, seen
 
     async def _run(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         if not batch:

@@ -177,10 +177,13 @@ class SqlStore:
         schema: str | None = None,
         group_commit: bool = True,
         max_batch: int = 500,
+        batches_in_flight: int = 2,
         migrate: bool = False,
     ) -> None:
         """``group_commit``: concurrent commits share transactions (see
-        :mod:`aegispay.store.group_commit`); ``max_batch`` caps the changes in one.
+        :mod:`aegispay.store.group_commit`); ``max_batch`` caps the changes in one, and
+        ``batches_in_flight`` how many such transactions run at once (while one waits on the
+        database, the next is built and sent; on SQLite they still write one at a time).
         ``migrate``: create or upgrade the schema on first use instead of refusing an
         unmigrated database (the embedded default store; servers use ``aegispay db upgrade``)."""
         self._migrate = migrate
@@ -216,7 +219,12 @@ class SqlStore:
         self._writer = self._engine.execution_options(aegispay_write=True)
         self._commits: Coalescer[Change, None] | None = None
         if group_commit:
-            self._commits = Coalescer(self._commit_batch, max_batch=max_batch, keys=_commit_keys)
+            self._commits = Coalescer(
+                self._commit_batch,
+                max_batch=max_batch,
+                keys=_commit_keys,
+                in_flight=batches_in_flight,
+            )
         self._loads: Coalescer[str, tuple[int, str] | None] = Coalescer(
             self._load_batch, max_batch=max_batch
         )
