@@ -125,7 +125,7 @@ async def test_upgrade_from_empty_creates_all_tables_and_stamps_head(make_store:
     assert await run_sync(store, tables) == set()
     await store.upgrade_schema()
     assert await run_sync(store, tables) == TABLES
-    assert await run_sync(store, stamped(store._schema)) == migrations.heads() == ("0003",)
+    assert await run_sync(store, stamped(store._schema)) == migrations.heads() == ("0004",)
     await store.check_schema()
     await store.commit(change(None, lifecycle("pay_1")[:1]))
     assert await store.payment_ids() == ["pay_1"]
@@ -138,7 +138,7 @@ async def test_upgrade_twice_is_a_no_op(make_store: Factory) -> None:
     again = make_store()
     await again.upgrade_schema()
     await again.create_schema()  # the alias
-    assert await run_sync(again, stamped(again._schema)) == ("0003",)
+    assert await run_sync(again, stamped(again._schema)) == ("0004",)
     assert await again.payment_ids() == ["pay_1"]
 
 
@@ -216,7 +216,7 @@ async def test_pre_migration_database_is_adopted(make_store: Factory) -> None:
     await run_sync(store, _schema_0001.create_all)
     await make_store().upgrade_schema()
     await store.commit(change(None, lifecycle("pay_1")[:1]))
-    assert await run_sync(store, stamped(store._schema)) == ("0003",)
+    assert await run_sync(store, stamped(store._schema)) == ("0004",)
     assert await store.payment_ids() == ["pay_1"]
 
 
@@ -255,10 +255,11 @@ async def test_upgrade_fills_in_what_the_janitor_reads(make_store: Factory) -> N
 
 
 def test_migrations_know_one_linear_history() -> None:
-    assert migrations.heads() == ("0003",)
+    assert migrations.heads() == ("0004",)
     assert (
         migrations.is_known("0001") and migrations.is_known("0002") and migrations.is_known("0003")
     )
+    assert migrations.is_known("0004")
     assert not migrations.is_known("ffff")
     assert (migrations.LOCATION / "env.py").is_file()
 
@@ -276,7 +277,7 @@ def test_cli_upgrade_twice_then_simulate(tmp_path: Path) -> None:
         assert "schema up to date" in result.stdout
     with sqlite3.connect(tmp_path / "pay.db") as connection:
         (version,) = connection.execute("select version_num from alembic_version").fetchone()
-    assert version == "0003"
+    assert version == "0004"
     result = aegispay("simulate", "--payments", "5", "--latency-ms", "0", "--store", url, "--json")
     assert result.returncode == 0, result.stderr
 

@@ -70,8 +70,16 @@ outbox = sa.Table(
     sa.Column("parked", sa.Boolean, nullable=False, default=False),
     sa.Column("next_attempt_at", _UtcDateTime, nullable=True),
 )
-# The relay's query: unpublished, unparked, by seq.
-sa.Index("ix_outbox_pending", outbox.c.published_at, outbox.c.parked, outbox.c.seq)
+# The relay's query: unpublished, unparked, by seq. Partial (migration 0004): a published row
+# leaves it, so marking a message published adds no entry and the index is the backlog's size.
+sa.Index(
+    "ix_outbox_pending",
+    outbox.c.published_at,
+    outbox.c.parked,
+    outbox.c.seq,
+    postgresql_where=outbox.c.published_at.is_(None),
+    sqlite_where=outbox.c.published_at.is_(None),
+)
 sa.Index("ix_outbox_payment", outbox.c.payment_id, outbox.c.sequence)
 # A relay's lease on one payment's queue: several relays, per-payment order.
 outbox_leases = sa.Table(
