@@ -136,6 +136,47 @@ def _kept(rows: list[Any], owners: list[int], deferred: set[int]) -> list[Any]:
     return [row for row, i in zip(rows, owners, strict=True) if i not in deferred]
 
 
+class Kept(NamedTuple):
+    """The rows of the changes a batch writes itself (the deferred ones left out). ``updated``:
+    projection rows carrying their new ``fence`` and the ``expected`` version."""
+
+    claims: list[dict[str, Any]]
+    created: list[dict[str, Any]]
+    updated: list[dict[str, Any]]
+    steps: list[IdempotencyProgress]
+    history: list[dict[str, Any]]
+    messages: list[dict[str, Any]]
+    attempts: list[dict[str, Any]]
+
+
+def kept(
+    changes: Sequence[Change], prepared: Prepared, deferred: set[int], fences: dict[int, int]
+) -> Kept:
+    claims, created, updated, steps = [], [], [], []
+    for i, change in enumerate(changes):
+        if i in deferred:
+            continue
+        projection = prepared.projections[i]
+        if change.expected_version == 0:
+            created.append(projection)
+        else:
+            projection["fence"] = fences[i]
+            projection["expected"] = change.expected_version
+            updated.append(projection)
+        claim = prepared.claims[i]
+        if claim is not None:
+            claims.append(claim)
+        step = prepared.steps[i]
+        if step is not None:
+            steps.append(step)
+    owner = prepared.event_owner
+    return Kept(
+        claims, created, updated, steps,
+        _kept(prepared.history, owner, deferred), _kept(prepared.messages, owner, deferred),
+        _kept(prepared.attempts, prepared.attempt_owner, deferred),
+    )  # fmt: skip
+
+
 def _step_row(step: IdempotencyProgress) -> tuple[Any, ...]:
     """An advance's values: point, state, locked_at, scope, key, payment_id, then the points
     it may move from (this one and those before it, repeated to a fixed arity)."""
@@ -271,36 +312,17 @@ async def write_postgres(db: Any, changes: Sequence[Change], prepared: Prepared)
                 else:
                     taken.add((row[3], row[4]))
         deferred, fences = decide(changes, current, taken)
-        claims, created, updated, steps = [], [], [], []
-        for i, change in enumerate(changes):
-            if i in deferred:
-                continue
-            projection = prepared.projections[i]
-            if change.expected_version == 0:
-                created.append(projection)
-            else:
-                projection["fence"] = fences[i]
-                projection["expected"] = change.expected_version
-                updated.append(projection)
-            claim = prepared.claims[i]
-            if claim is not None:
-                claims.append(claim)
-            step = prepared.steps[i]
-            if step is not None:
-                steps.append(step)
-        history = _kept(prepared.history, prepared.event_owner, deferred)
-        messages = _kept(prepared.messages, prepared.event_owner, deferred)
-        attempts = _kept(prepared.attempts, prepared.attempt_owner, deferred)
+        rows = kept(changes, prepared, deferred, fences)
         try:
             await db.execute(
                 _PG_WRITE,
-                _pg_json(claims, _TIMES["idempotency_keys"]),
-                _pg_json(created, _TIMES["payments"]),
-                _pg_json(updated, _TIMES["payments"]),
-                _pg_json(history, _TIMES["payment_events"]),
-                _pg_json(messages),
-                _pg_json(attempts, _TIMES["payment_attempts"]),
-                _pg_steps(steps),
+                _pg_json(rows.claims, _TIMES["idempotency_keys"]),
+                _pg_json(rows.created, _TIMES["payments"]),
+                _pg_json(rows.updated, _TIMES["payments"]),
+                _pg_json(rows.history, _TIMES["payment_events"]),
+                _pg_json(rows.messages),
+                _pg_json(rows.attempts, _TIMES["payment_attempts"]),
+                _pg_steps(rows.steps),
             )
         except asyncpg.IntegrityConstraintViolationError:
             raise RedoAll from None
@@ -411,46 +433,31 @@ def _write_sqlite(
         )
         taken = {(row[0], row[1]) for row in found}
     deferred, fences = decide(changes, current, taken)
-    claims, created, updated, steps = [], [], [], []
-    for i, change in enumerate(changes):
-        if i in deferred:
-            continue
-        projection = prepared.projections[i]
-        if change.expected_version == 0:
-            created.append(projection)
-        else:
-            updated.append((
-                projection["version"], projection["state"], projection["data"], fences[i],
-                projection["unsettled"], sqlite_time(projection["updated_at"]),
-                projection["id"], change.expected_version,
-            ))  # fmt: skip
-        claim = prepared.claims[i]
-        if claim is not None:
-            claims.append(claim)
-        step = prepared.steps[i]
-        if step is not None:
-            steps.append(sqlite_step(step))
+    rows = kept(changes, prepared, deferred, fences)
     # The order of sql_batch.write_batch: claims, new payments, updates, history, outbox,
     # attempts, then the recovery points (which may advance a key claimed just above).
-    if claims:
-        values = _sqlite_values(claims, CLAIM_COLUMNS, _TIMES["idempotency_keys"])
+    if rows.claims:
+        values = _sqlite_values(rows.claims, CLAIM_COLUMNS, _TIMES["idempotency_keys"])
         db.executemany(_SQLITE_CLAIM, values)
-    if created:
-        db.executemany(_SQLITE_CREATE, _sqlite_values(created, PAYMENT_COLUMNS, _TIMES["payments"]))
-    if updated:
+    if rows.created:
+        values = _sqlite_values(rows.created, PAYMENT_COLUMNS, _TIMES["payments"])
+        db.executemany(_SQLITE_CREATE, values)
+    if rows.updated:
+        updated = [
+            (p["version"], p["state"], p["data"], p["fence"], p["unsettled"],
+             sqlite_time(p["updated_at"]), p["id"], p["expected"])
+            for p in rows.updated
+        ]  # fmt: skip
         db.executemany(_SQLITE_UPDATE, updated)
-    history = _kept(prepared.history, prepared.event_owner, deferred)
-    if history:
-        values = _sqlite_values(history, EVENT_COLUMNS, _TIMES["payment_events"])
+    if rows.history:
+        values = _sqlite_values(rows.history, EVENT_COLUMNS, _TIMES["payment_events"])
         db.executemany(_SQLITE_EVENTS, values)
-        messages = _kept(prepared.messages, prepared.event_owner, deferred)
-        db.executemany(_SQLITE_OUTBOX, _sqlite_values(messages, OUTBOX_COLUMNS, ()))
-    attempts = _kept(prepared.attempts, prepared.attempt_owner, deferred)
-    if attempts:
-        values = _sqlite_values(attempts, ATTEMPT_COLUMNS, _TIMES["payment_attempts"])
+        db.executemany(_SQLITE_OUTBOX, _sqlite_values(rows.messages, OUTBOX_COLUMNS, ()))
+    if rows.attempts:
+        values = _sqlite_values(rows.attempts, ATTEMPT_COLUMNS, _TIMES["payment_attempts"])
         db.executemany(_SQLITE_ATTEMPTS, values)
-    if steps:
-        db.executemany(SQLITE_ADVANCE, steps)
+    if rows.steps:
+        db.executemany(SQLITE_ADVANCE, [sqlite_step(step) for step in rows.steps])
     return deferred
 
 
