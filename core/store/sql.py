@@ -345,7 +345,7 @@ class SqlStore:
                 deferred: set[int] = await run(write_sqlite, db, changes, prepared)
                 return deferred
         async with self._transaction(write=True) as conn:
-            return await write_batch(conn, changes, self, postgres=False)
+            return await write_batch(conn, changes, self)
 
     async def _commit_one(self, change: Change) -> None:
         with self._errors():

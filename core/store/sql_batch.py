@@ -60,23 +60,15 @@ _UPDATE_SQLITE = (
     "UPDATE payments SET version = ?, state = ?, data = ?, fence = ?, unsettled = ?,"
     " updated_at = ? WHERE id = ? AND version = ?"
 )
-_UPDATE_POSTGRES = (
-    "UPDATE payments AS p SET version = v.version, state = v.state, data = v.data,"
-    " fence = v.fence, unsettled = v.unsettled, updated_at = v.updated_at"
-    " FROM unnest($1::int4[], $2::text[], $3::text[], $4::int8[], $5::bool[],"
-    " $6::timestamptz[], $7::text[], $8::int4[])"
-    " AS v(version, state, data, fence, unsettled, updated_at, id, expected)"
-    " WHERE p.id = v.id AND p.version = v.expected"
-)
 
 
-async def write_batch(
-    conn: AsyncConnection, changes: Sequence[Change], rows: Rows, *, postgres: bool
-) -> set[int]:
+async def write_batch(conn: AsyncConnection, changes: Sequence[Change], rows: Rows) -> set[int]:
     """Write what can be decided here; return the indexes left to the per-change path.
 
-    Raises :class:`RedoAll` (after which the caller rolls back) when the batch cannot be
-    trusted as a whole.
+    SQLite only: PostgreSQL batches always run on the bare driver (``sql_direct``), and SQLite
+    ones do too unless aiosqlite lacks the internals that path needs. Raises
+    :class:`RedoAll` (after which the caller rolls back) when the batch cannot be trusted as a
+    whole.
     """
     deferred: set[int] = set()
     update_rows: list[tuple[int, int]] = []  # (change index, its new fence)
@@ -86,16 +78,9 @@ async def write_batch(
     # write, so a change that fails here leaves nothing behind (not even its claim).
     updates = [i for i, c in enumerate(changes) if c.expected_version > 0]
     if updates:
-        ids = sorted({changes[i].payment.id for i in updates})  # a fixed lock order
-        if postgres:  # one array parameter: one prepared statement whatever the count
-            found = await conn.exec_driver_sql(
-                "SELECT id, version, fence FROM payments WHERE id = ANY($1::text[])"
-                " ORDER BY id FOR UPDATE",
-                (ids,),
-            )
-        else:
-            query = sa.select(payments.c.id, payments.c.version, payments.c.fence)
-            found = await conn.execute(query.where(payments.c.id.in_(ids)))
+        ids = sorted({changes[i].payment.id for i in updates})
+        query = sa.select(payments.c.id, payments.c.version, payments.c.fence)
+        found = await conn.execute(query.where(payments.c.id.in_(ids)))
         current = {row.id: (row.version, row.fence) for row in found}
         for i in updates:
             change = changes[i]
@@ -107,9 +92,7 @@ async def write_batch(
             update_rows.append((i, fence if token is None else max(fence, token)))
 
     # 2. Idempotency claims: a key that exists (taken, or expired and to be replaced) goes to
-    # the per-change path. The check is sound on SQLite (this transaction holds the write
-    # lock); on PostgreSQL another process may insert the key meanwhile, and then the insert
-    # below fails on the unique key and the batch is redone change by change.
+    # the per-change path. The check is sound: this transaction holds SQLite's write lock.
     claims = [
         (i, c.idempotency)
         for i, c in enumerate(changes)
@@ -117,7 +100,10 @@ async def write_batch(
     ]
     if claims:
         wanted = sorted({(record.scope, record.key) for _, record in claims if record})
-        taken = {(row.scope, row.key) for row in await select_keys(conn, wanted, postgres)}
+        table = idempotency_keys
+        query = sa.select(table.c.scope, table.c.key)
+        found = await conn.execute(query.where(sa.tuple_(table.c.scope, table.c.key).in_(wanted)))
+        taken = {(row.scope, row.key) for row in found}
         claim_rows = []
         for i, record in claims:
             assert record is not None
@@ -131,14 +117,14 @@ async def write_batch(
                 claim_rows.append(rows._claim_row(record, projection["data"]))
             else:
                 claim_rows.append(rows._claim_row(record))
-        await insert_many(conn, idempotency_keys, claim_rows, postgres=postgres)
+        await insert_many(conn, idempotency_keys, claim_rows, postgres=False)
 
     # 3. New payments. A taken id is next to impossible (random ids): the insert fails and
     # the batch is redone change by change.
     new = [i for i, c in enumerate(changes) if c.expected_version == 0 and i not in deferred]
     if new:
         projections = [encoded.get(i) or rows._projection_row(changes[i]) for i in new]
-        await insert_many(conn, payments, projections, postgres=postgres)
+        await insert_many(conn, payments, projections, postgres=False)
 
     # 4. The updates decided in 1 whose claims (if any) were won in 2.
     update_values = []
@@ -153,16 +139,13 @@ async def write_batch(
                 row["state"],
                 row["data"],
                 fence,
-                row["unsettled"] if postgres else _bind_sqlite(row["unsettled"]),
-                (_bind_postgres if postgres else _bind_sqlite)(row["updated_at"]),
+                _bind_sqlite(row["unsettled"]),
+                _bind_sqlite(row["updated_at"]),
                 row["id"],
                 change.expected_version,
             )
         )
-    if update_values and postgres:
-        columns = tuple(list(column) for column in zip(*update_values, strict=True))
-        await conn.exec_driver_sql(_UPDATE_POSTGRES, columns)
-    elif update_values:
+    if update_values:
         await conn.exec_driver_sql(_UPDATE_SQLITE, update_values)
 
     # 5. The history and the outbox of every change written above, and its attempts.
@@ -170,17 +153,17 @@ async def write_batch(
     events = [event for change in written for event in change.events]
     if events:
         history, messages = rows._event_rows(events)
-        await insert_many(conn, payment_events, history, postgres=postgres)
+        await insert_many(conn, payment_events, history, postgres=False)
         # Inserted in commit order within the batch: seq order is commit order.
-        await insert_many(conn, outbox, messages, postgres=postgres)
+        await insert_many(conn, outbox, messages, postgres=False)
     attempts = [row for change in written for row in rows._attempt_rows(change)]
     if attempts:
         upsert = ATTEMPT_UPSERT
-        await insert_many(conn, payment_attempts, attempts, postgres=postgres, upsert=upsert)
+        await insert_many(conn, payment_attempts, attempts, postgres=False, upsert=upsert)
     # 6. Keyed requests' recovery points, in the transaction of the change that reached them.
     steps = [change.progress for change in written if change.progress is not None]
     if steps:
-        await advance_keys(conn, steps, postgres=postgres, results=False)
+        await advance_keys(conn, steps, postgres=False, results=False)
     return deferred
 
 
@@ -230,23 +213,6 @@ async def insert_many(
             await conn.exec_driver_sql(sql, values)
     except exc.IntegrityError:
         raise RedoAll from None
-
-
-async def select_keys(
-    conn: AsyncConnection, wanted: Sequence[tuple[str, str]], postgres: bool, *, full: bool = False
-) -> Any:
-    """The ``idempotency_keys`` rows (``full``) or their (scope, key) among ``wanted``."""
-    if postgres:
-        listed = "k.*" if full else "k.scope, k.key"
-        return await conn.exec_driver_sql(
-            f"SELECT {listed} FROM idempotency_keys AS k"
-            " JOIN unnest($1::text[], $2::text[]) AS w(scope, key)"
-            " ON k.scope = w.scope AND k.key = w.key",
-            ([scope for scope, _ in wanted], [key for _, key in wanted]),
-        )
-    table = idempotency_keys
-    query = sa.select(table) if full else sa.select(table.c.scope, table.c.key)
-    return await conn.execute(query.where(sa.tuple_(table.c.scope, table.c.key).in_(wanted)))
 
 
 async def advance_keys(
