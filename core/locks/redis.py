@@ -25,10 +25,10 @@ race when woken (no FIFO, unlike the in-process manager).
 Throughput: a worker holds one lease per payment it is working on, often a thousand at once, so
 the Python cost per lease matters as much as the round trips. Concurrent first tries and
 releases are coalesced: one task per kind sends whatever queued while its previous call was out
-as one script call (at most ``_MAX_BATCH`` keys), each key answered on its own. The arguments are
-encoded straight into the wire format (RESP) once per lease and sent on a pooled connection
-(EVALSHA; the script body when Redis answers NOSCRIPT), bypassing redis-py's per-argument
-command packing. One task renews every lease the process holds in a single call per round,
+as one script call (at most ``_MAX_BATCH`` keys), each key answered on its own. A batch's
+command is packed for the wire by hiredis (in C) and sent on a pooled connection (EVALSHA; the
+script body when Redis answers NOSCRIPT), bypassing redis-py's per-argument command packing.
+One task renews every lease the process holds in a single call per round,
 instead of a task per holder; it stops with the last lease. Nothing per hold is a task, a
 subscription or a cancel scope unless the holder has to wait or is cancelled. A holder cancelled
 while its grant was in flight gives the lease straight back (and a grant that arrives for a
@@ -51,6 +51,7 @@ from typing import Any, NoReturn
 from urllib.parse import unquote
 
 import anyio
+import hiredis
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
@@ -150,26 +151,24 @@ _UNDOING = 4  # giving back a grant that no one waits for
 _DONE = 5  # released, or the release failed (the lease then expires on its own)
 
 
-def _bulk(value: bytes) -> bytes:
-    """``value`` as a RESP bulk string (the wire form of one command argument)."""
-    return b"$%d\r\n%b\r\n" % (len(value), value)
-
-
 class _Script:
     """A Lua script and the fixed start of the commands that run it."""
 
     __slots__ = ("body", "sha")
 
     def __init__(self, body: str) -> None:
-        self.body = _bulk(body.encode())
-        self.sha = _bulk(hashlib.sha1(body.encode()).hexdigest().encode())
+        self.body = body.encode()
+        self.sha = hashlib.sha1(self.body).hexdigest().encode()
 
-    def command(self, keys: list[bytes], args: list[bytes], *, by_sha: bool = True) -> list[bytes]:
-        """EVALSHA (or EVAL) with ``keys`` and ``args``, each already a bulk string."""
-        head = b"*%d\r\n$7\r\nEVALSHA\r\n" if by_sha else b"*%d\r\n$4\r\nEVAL\r\n"
-        count = 3 + len(keys) + len(args)
-        start = head % count + (self.sha if by_sha else self.body) + _bulk(b"%d" % len(keys))
-        return [start, *keys, *args]
+    def command(self, keys: list[bytes], args: list[bytes], *, by_sha: bool = True) -> bytes:
+        """EVALSHA (or EVAL) with ``keys`` and ``args``, packed for the wire by hiredis (in C:
+        about 0.3 us per hold of a batch, where redis-py's own packing cost ~1.4 us per
+        argument)."""
+        name, script = (b"EVALSHA", self.sha) if by_sha else (b"EVAL", self.body)
+        # hiredis's stub types the tuple as if it had one element.
+        command = (name, script, len(keys), *keys, *args)
+        packed: bytes = hiredis.pack_command(command)  # type: ignore[arg-type]
+        return packed
 
 
 class _Hold:
@@ -318,9 +317,8 @@ class RedisLockManager:
         except ValueError as error:
             raise ConfigError(f"lock: invalid redis URL {self._safe_url}: {error}") from None
         self._prefix = prefix.encode()
-        self._lease_arg = _bulk(b"%d" % lease_ms)
+        self._lease_arg = b"%d" % lease_ms
         self._owner_id = uuid.uuid4().hex.encode()  # this manager's; a serial tells holds apart
-        self._owner_head = b"$%d\r\n%b" % (len(self._owner_id) + 16, self._owner_id)
         self._serial = 0
         self._acquire_script = _Script(_ACQUIRE)
         self._release_script = _Script(_RELEASE)
@@ -381,7 +379,7 @@ class RedisLockManager:
         raise kind(f"redis lock store at {self._safe_url}: {message}") from None
 
     async def _script(self, script: _Script, keys: list[bytes], args: list[bytes]) -> list[int]:
-        """One script call; ``keys`` and ``args`` are bulk strings. The reply has one integer
+        """One script call. The reply has one integer
         per lease, in order (the callers check its length)."""
         # The connection of the last call is kept out of the pool for the next one: taking one
         # from redis-py's blocking pool costs more than encoding a small batch. (At most one
@@ -481,10 +479,9 @@ class RedisLockManager:
             # Encoded here, not in the batch: a key that cannot be encoded fails its own
             # holder only, never the others of its batch.
             name = self._prefix + hold.key.encode()
-            size = len(name)
-            hold._lock_arg = b"$%d\r\n%b:lock\r\n" % (size + 5, name)
-            hold._fence_arg = b"$%d\r\n%b:fence\r\n" % (size + 6, name)
-            hold._owner_arg = b"%b%016x\r\n" % (self._owner_head, hold._serial)
+            hold._lock_arg = name + b":lock"
+            hold._fence_arg = name + b":fence"
+            hold._owner_arg = b"%b%016x" % (self._owner_id, hold._serial)
         waiter = hold._waiter = loop.create_future()
         hold._state = _QUEUED
         self._acquires.put(hold)
