@@ -27,8 +27,8 @@ from aegispay.store import sql_direct
 from aegispay.store.base import Change, IdempotencyClaimed, IdempotencyProgress, is_unsettled
 from aegispay.store.recent import RecentlyWritten
 from aegispay.store.sql import SqlStore, normalise_url, payment_events, payments
-from aegispay.store.sql_batch import _bind_sqlite
-from aegispay.store.sql_direct import sqlite_runner
+from aegispay.store.sql_batch import _bind_sqlite, sqlite_keys_query
+from aegispay.store.sql_direct import CLAIM_COLUMNS, sqlite_runner
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 from store_conformance import (
@@ -267,6 +267,21 @@ class TestSqliteFileStore(_SqlConformance):
         them the store still works (next test), but slower - this says so."""
         async with store._transaction(raw=True) as driver:
             assert sqlite_runner(driver) is not None
+
+    async def test_key_lookups_use_the_primary_key_not_a_scan(self, store: SqlStore) -> None:
+        """Every batch looks its idempotency keys up (finds, and the claims' check): each pair
+        must be one primary-key search. ``(scope, key) IN (VALUES ...)`` was planned as a scan
+        of the whole key index, per batch - a cost that grew with the table."""
+        sql, params = sqlite_keys_query(CLAIM_COLUMNS, [("m_1", "k_1"), ("m_2", "k_2")])
+        async with store._transaction() as conn:
+            plan = [
+                row[-1]
+                for row in await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", tuple(params))
+            ]
+        assert any(
+            step.startswith("SEARCH k USING") and "(scope=? AND key=?)" in step for step in plan
+        ), plan
+        assert not any(step.startswith("SCAN k") for step in plan), plan
 
     async def test_without_aiosqlite_internals_sqlalchemy_does_the_work(
         self, store: SqlStore, monkeypatch: pytest.MonkeyPatch

@@ -63,6 +63,7 @@ from .sql_batch import (
     RedoAll,
     advance_keys,
     insert_many,
+    sqlite_keys_query,
     write_batch,
 )
 from .sql_direct import (
@@ -580,13 +581,11 @@ class SqlStore:
 
     async def _find_batch(self, wanted: Sequence[tuple[str, str]]) -> list[Any]:
         pairs = sorted(set(wanted))
-        listed = ", ".join(f'k."{name}"' for name in CLAIM_COLUMNS)
+        params: Sequence[Any]
         if self._sqlite:
-            values = ", ".join("(?, ?)" for _ in pairs)
-            where = f"(k.scope, k.key) IN (VALUES {values})"
-            sql = f"SELECT {listed} FROM idempotency_keys AS k WHERE {where}"
-            params: Sequence[Any] = [part for pair in pairs for part in pair]
+            sql, params = sqlite_keys_query(CLAIM_COLUMNS, pairs)
         else:  # array parameters: one prepared statement whatever the count
+            listed = ", ".join(f'k."{name}"' for name in CLAIM_COLUMNS)
             sql = (
                 f"SELECT {listed} FROM idempotency_keys AS k"
                 " JOIN unnest($1::text[], $2::text[]) AS w(scope, key)"

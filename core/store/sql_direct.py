@@ -39,7 +39,7 @@ import orjson
 
 from ..events import Event
 from .base import IN_FLIGHT, RECOVERY_POINTS, Change, IdempotencyProgress
-from .sql_batch import RedoAll, Rows
+from .sql_batch import RedoAll, Rows, sqlite_keys_query
 
 # The row builders' keys (``SqlStore._projection_row`` and friends), in statement order. A
 # test checks them against the builders, so a new column cannot be dropped silently here.
@@ -426,11 +426,7 @@ def _write_sqlite(
     wanted = sorted({(r.scope, r.key) for c in changes if (r := c.idempotency) is not None})
     taken: set[tuple[str, str]] = set()
     if wanted:
-        pairs = ", ".join("(?, ?)" for _ in wanted)
-        found = db.execute(
-            f"SELECT scope, key FROM idempotency_keys WHERE (scope, key) IN (VALUES {pairs})",
-            [part for pair in wanted for part in pair],
-        )
+        found = db.execute(*sqlite_keys_query(("scope", "key"), wanted))
         taken = {(row[0], row[1]) for row in found}
     deferred, fences = decide(changes, current, taken)
     rows = kept(changes, prepared, deferred, fences)
