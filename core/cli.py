@@ -176,10 +176,13 @@ def simulate(
         _print_report(report)
         if html_path is not None:
             click.echo(f"HTML report written to {html_path}")
+    if report.get("store_errors"):
+        click.echo(f"{report['store_errors']} payment(s) failed with a store error", err=True)
     if (
         report.get("duplicate_charges")
         or report["replay_mismatches"]
         or report.get("unrecorded_charges")
+        or report.get("store_errors")
     ):
         sys.exit(1)
 

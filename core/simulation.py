@@ -22,7 +22,7 @@ import anyio
 import anyio.lowlevel
 import attrs
 
-from .errors import AegisPayError
+from .errors import AegisPayError, StoreError
 from .gateways import Outcome
 from .metrics import LatencyHistogram
 from .money import Money
@@ -112,6 +112,7 @@ class _Tally:
     resends: int = 0
     resend_mismatches: int = 0
     errors: Counter[str] = attrs.field(factory=Counter)
+    store_errors: int = 0  # payments the store failed: never expected of a run
     done: int = 0
     payment_ids: list[str] = attrs.field(factory=list)  # this run's, for the audit
 
@@ -183,6 +184,8 @@ async def run_simulation(
                     await _timed(service, spec, tally, ledger, timeline, index)
             except AegisPayError as error:
                 tally.errors[type(error).__name__] += 1
+                if isinstance(error, StoreError):
+                    tally.store_errors += 1
             tally.done += 1
             # The in-memory store and zero-latency gateways never suspend: yield every few
             # payments so the outbox relay and the other workers get their turn, as they
@@ -234,6 +237,9 @@ async def run_simulation(
         "idempotent_resends": tally.resends,
         "resend_mismatches": tally.resend_mismatches,
         "errors": dict(tally.errors),
+        # A gateway error can be the scenario's point (an outage); a store error never is:
+        # the CLI fails the run on it, or a broken store would pass as a fast one.
+        "store_errors": tally.store_errors,
         **audit,
         "gateway_health": service.gateway_health(),
         "events_published": service.relay.published,

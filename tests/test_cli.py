@@ -220,3 +220,21 @@ def test_simulate_injects_the_faults_configured_in_aegispay_toml(tmp_path: Path)
     assert set(alpha) == {"not_sent"} and alpha["not_sent"] > 0  # every call refused
     assert report["gateway_health"]["sim-alpha"]["circuit"] == "open"
     assert report["duplicate_charges"] == 0 and report["unrecorded_charges"] == 0
+
+
+def test_simulate_fails_when_the_store_fails_payments(tmp_path: Path) -> None:
+    """A store that fails every write must not pass for a fast one: the report counts the
+    payments it failed and the command exits 1 (the run still reports what it saw)."""
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'broken.db'}"
+    assert aegispay("db", "upgrade", "--store", url, cwd=tmp_path).returncode == 0
+    with sqlite3.connect(tmp_path / "broken.db") as db:
+        # Prepared with every insert into payments: "no such function" on each write.
+        db.execute("CREATE TRIGGER broken BEFORE INSERT ON payments BEGIN SELECT no_such_fn(); END")
+    args = ("simulate", "--payments", "5", "--latency-ms", "0", "--store", url)
+    result = aegispay(*args, "--json", cwd=tmp_path)
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert report["store_errors"] == 5
+    assert "5 payment(s) failed with a store error" in result.stderr
