@@ -268,6 +268,15 @@ class TestSqliteFileStore(_SqlConformance):
         async with store._transaction(raw=True) as driver:
             assert sqlite_runner(driver) is not None
 
+    async def test_file_connections_are_tuned(self, store: SqlStore) -> None:
+        """WAL + synchronous=NORMAL, and the cache and checkpoint sizes group commit wants."""
+        async with store._transaction() as conn:
+            values = [
+                (await conn.exec_driver_sql(f"PRAGMA {name}")).scalar()
+                for name in ("journal_mode", "synchronous", "cache_size", "wal_autocheckpoint")
+            ]
+        assert values == ["wal", 1, -65536, 10000]
+
     async def test_key_lookups_use_the_primary_key_not_a_scan(self, store: SqlStore) -> None:
         """Every batch looks its idempotency keys up (finds, and the claims' check): each pair
         must be one primary-key search. ``(scope, key) IN (VALUES ...)`` was planned as a scan
