@@ -32,14 +32,14 @@ def _changes(i: int, now: datetime) -> list[list[tuple[str, tuple[Any, ...]]]]:
     pid = f"bench_{os.getpid()}_{i}"
     later = now + timedelta(days=1)
     event = "INSERT INTO payment_events (payment_id, version, event_id, type, occurred_at, data)"
-    box = "INSERT INTO outbox (message_id, payment_id, sequence, data, attempts, parked)"
+    box = "INSERT INTO outbox (message_id, payment_id, sequence, attempts, parked)"
     update = "UPDATE payments SET version = {v}, state = 's', data = {d} WHERE id = {i}"
 
     def events(*versions: int) -> list[tuple[str, tuple[Any, ...]]]:
         rows: list[tuple[str, tuple[Any, ...]]] = []
         for v in versions:
             rows.append((event, (pid, v, f"{pid}-{v}", "t", now, _EVENT)))
-            rows.append((box, (f"{pid}-{v}", pid, v, _EVENT, 0, False)))
+            rows.append((box, (f"{pid}-{v}", pid, v, 0, False)))  # refers to its event
         return rows
 
     key = "INSERT INTO idempotency_keys (scope, key, fingerprint, payment_id, response,"

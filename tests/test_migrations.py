@@ -21,7 +21,8 @@ from _services import POSTGRES_URL, service_unavailable
 from aegispay.errors import StoreError
 from aegispay.store import migrations
 from aegispay.store.base import is_unsettled
-from aegispay.store.sql import SqlStore, metadata, normalise_url
+from aegispay.store.sql import SqlStore, _upgrade, metadata, normalise_url, payment_events
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import make_url
@@ -45,11 +46,12 @@ def _metadata_0001() -> sa.MetaData:
     """The tables as revision 0001 (and the pre-migrations ``create_all``) made them."""
     added = {"outbox": {"next_attempt_at"}, "idempotency_keys": {"state", "recovery_point",
              "locked_at"}, "payments": {"unsettled", "updated_at"}}  # fmt: skip
+    removed = {"outbox": [sa.Column("data", sa.Text, nullable=False)]}  # by 0005
     old = sa.MetaData()
     for name in ("payments", "payment_events", "outbox", "idempotency_keys"):
         table = metadata.tables[name]
         columns = [c._copy() for c in table.columns if c.name not in added.get(name, set())]
-        sa.Table(name, old, *columns)
+        sa.Table(name, old, *columns, *removed.get(name, []))
     return old
 
 
@@ -125,7 +127,7 @@ async def test_upgrade_from_empty_creates_all_tables_and_stamps_head(make_store:
     assert await run_sync(store, tables) == set()
     await store.upgrade_schema()
     assert await run_sync(store, tables) == TABLES
-    assert await run_sync(store, stamped(store._schema)) == migrations.heads() == ("0004",)
+    assert await run_sync(store, stamped(store._schema)) == migrations.heads() == ("0005",)
     await store.check_schema()
     await store.commit(change(None, lifecycle("pay_1")[:1]))
     assert await store.payment_ids() == ["pay_1"]
@@ -138,7 +140,7 @@ async def test_upgrade_twice_is_a_no_op(make_store: Factory) -> None:
     again = make_store()
     await again.upgrade_schema()
     await again.create_schema()  # the alias
-    assert await run_sync(again, stamped(again._schema)) == ("0004",)
+    assert await run_sync(again, stamped(again._schema)) == ("0005",)
     assert await again.payment_ids() == ["pay_1"]
 
 
@@ -209,6 +211,66 @@ async def test_migrated_schema_matches_metadata(make_store: Factory) -> None:
     assert await run_sync(store, diff) == []
 
 
+def _at_0004_with_outbox(store: SqlStore, payment_id: str, *, orphan: bool) -> Any:
+    """Migrate to 0004 and store ``lifecycle(payment_id)``'s first three events with their
+    outbox rows as 0004 kept them (each with a copy of the event's JSON), all pending; with
+    ``orphan`` the last event's history row is left out."""
+    events = lifecycle(payment_id)[:3]
+    history, messages = store._event_rows(events)
+    old_outbox = sa.table(
+        "outbox", *(sa.column(name) for name in ("message_id", "payment_id", "sequence", "data",
+                                                 "attempts", "parked"))
+    )  # fmt: skip
+
+    def fill(conn: sa.Connection) -> None:
+        _upgrade(conn, store._schema, "0004")
+        conn.execute(sa.insert(payment_events), history[:-1] if orphan else history)
+        copies = [{**m, "data": h["data"]} for m, h in zip(messages, history, strict=True)]
+        conn.execute(sa.insert(old_outbox), copies)
+
+    return events, fill
+
+
+async def test_0005_outbox_rows_refer_to_their_events(make_store: Factory) -> None:
+    """Pending messages survive the column's removal: the relay gets each event back whole
+    (from ``payment_events``), and downgrading puts the copies back."""
+    store = make_store()
+    events, fill = _at_0004_with_outbox(store, "pay_1", orphan=False)
+    await run_sync(store, fill)
+    await store.upgrade_schema()
+
+    def columns(conn: sa.Connection) -> set[str]:
+        return {c["name"] for c in sa.inspect(conn).get_columns("outbox")}
+
+    assert "data" not in await run_sync(store, columns)
+    pending = await store.outbox_pending(10)
+    assert [(m.message_id, m.sequence, m.event) for m in pending] == [
+        (e.event_id, e.version, e) for e in events
+    ]
+
+    def downgrade(conn: sa.Connection) -> list[tuple[str, str]]:
+        config = migrations.alembic_config()
+        config.attributes.update(connection=conn, schema=store._schema)
+        command.downgrade(config, "0004")
+        rows = conn.execute(sa.text("SELECT message_id, data FROM outbox ORDER BY seq"))
+        return [tuple(row) for row in rows]
+
+    copies = [(e.event_id, store._event_types.to_json(e).decode()) for e in events]
+    assert await run_sync(store, downgrade) == copies
+    assert await run_sync(store, stamped(store._schema)) == ("0004",)
+
+
+async def test_0005_refuses_to_drop_a_message_whose_event_is_missing(
+    make_store: Factory,
+) -> None:
+    store = make_store()
+    events, fill = _at_0004_with_outbox(store, "pay_1", orphan=True)
+    await run_sync(store, fill)
+    with pytest.raises(StoreError, match=f"migration 0005.*{events[-1].event_id}"):
+        await store.upgrade_schema()
+    assert await run_sync(store, stamped(store._schema)) == ("0004",)
+
+
 async def test_pre_migration_database_is_adopted(make_store: Factory) -> None:
     """A database made by the pre-migrations ``metadata.create_all`` (the 0001 tables) is
     stamped 0001, then upgraded, data kept."""
@@ -216,7 +278,7 @@ async def test_pre_migration_database_is_adopted(make_store: Factory) -> None:
     await run_sync(store, _schema_0001.create_all)
     await make_store().upgrade_schema()
     await store.commit(change(None, lifecycle("pay_1")[:1]))
-    assert await run_sync(store, stamped(store._schema)) == ("0004",)
+    assert await run_sync(store, stamped(store._schema)) == ("0005",)
     assert await store.payment_ids() == ["pay_1"]
 
 
@@ -255,11 +317,11 @@ async def test_upgrade_fills_in_what_the_janitor_reads(make_store: Factory) -> N
 
 
 def test_migrations_know_one_linear_history() -> None:
-    assert migrations.heads() == ("0004",)
+    assert migrations.heads() == ("0005",)
     assert (
         migrations.is_known("0001") and migrations.is_known("0002") and migrations.is_known("0003")
     )
-    assert migrations.is_known("0004")
+    assert migrations.is_known("0004") and migrations.is_known("0005")
     assert not migrations.is_known("ffff")
     assert (migrations.LOCATION / "env.py").is_file()
 
@@ -277,7 +339,7 @@ def test_cli_upgrade_twice_then_simulate(tmp_path: Path) -> None:
         assert "schema up to date" in result.stdout
     with sqlite3.connect(tmp_path / "pay.db") as connection:
         (version,) = connection.execute("select version_num from alembic_version").fetchone()
-    assert version == "0004"
+    assert version == "0005"
     result = aegispay("simulate", "--payments", "5", "--latency-ms", "0", "--store", url, "--json")
     assert result.returncode == 0, result.stderr
 

@@ -40,9 +40,8 @@ from aegispay.outbox import (
     owner_is_dead,
 )
 from aegispay.pluginmanager import make_plugin_host
-from aegispay.serialization import EventTypes
 from aegispay.store.memory import MemoryStore
-from aegispay.store.sql import SqlStore, normalise_url, outbox
+from aegispay.store.sql import SqlStore, normalise_url, outbox, payment_events
 from aegispay.testing import ScriptedGateway, make_test_service
 from click.testing import CliRunner
 from sqlalchemy.engine import make_url
@@ -363,20 +362,10 @@ async def test_a_row_that_commits_late_is_still_delivered(pg_url: str) -> None:
     try:
         async with engine.connect() as slow:
             transaction = await slow.begin()
-            # Takes its seq now, commits only later.
-            await slow.execute(
-                outbox.insert(),
-                [
-                    {
-                        "message_id": late.event_id,
-                        "payment_id": late.payment_id,
-                        "sequence": late.version,
-                        "data": json.dumps(EventTypes().to_dict(late)),
-                        "attempts": 0,
-                        "parked": False,
-                    }
-                ],
-            )
+            # Takes its seq now, commits only later (with its event, as every writer does).
+            history, messages = store._event_rows([late])
+            await slow.execute(payment_events.insert(), history)
+            await slow.execute(outbox.insert(), messages)
             early = await service.pay(request())  # later seqs, committed first
             assert await relay.drain() == early.version
             assert sink.deliveries == [ids(early)]

@@ -181,6 +181,12 @@ class _SqlConformance(StoreConformance):
             assert await store.load(c.payment.id) == u.payment
             assert await store.events(c.payment.id) == [*c.events, *u.events]
             assert await store.find_idempotency("m_1", f"k{i}") == c.idempotency
+        # The relay of another process: outbox rows name their event, read back from history.
+        claimed = await store.outbox_claim("other-relay", at(100), at(200), 100)
+        committed = [e for c in (*creates, *updates) for e in c.events]
+        assert sorted((m.message_id, m.event) for m in claimed) == sorted(
+            (e.event_id, e) for e in committed
+        )
         async with store._engine.connect() as conn:
             row = (
                 await conn.execute(

@@ -135,6 +135,10 @@ def normalise_url(url: str) -> str:
 
 
 _PENDING = sa.and_(outbox.c.published_at.is_(None), outbox.c.parked.is_(False))
+# Outbox rows with their event's JSON (the row refers to the event: migration 0005).
+_MESSAGES = sa.select(outbox, payment_events.c.data).join_from(
+    outbox, payment_events, payment_events.c.event_id == outbox.c.message_id
+)
 _T = TypeVar("_T")
 
 # Errors that mean "could not talk to the database" (nothing was written).
@@ -491,7 +495,7 @@ class SqlStore:
             history.append({"payment_id": payment_id, "data": data, "version": version,
                             "event_id": event_id, "type": e.type_name,
                             "occurred_at": e.occurred_at})  # fmt: skip
-            messages.append({"payment_id": payment_id, "data": data, "message_id": event_id,
+            messages.append({"payment_id": payment_id, "message_id": event_id,
                              "sequence": version, "attempts": 0, "parked": False})  # fmt: skip
         return history, messages
 
@@ -649,8 +653,7 @@ class SqlStore:
                 if not claimed:
                     return []
                 fetch = (
-                    sa.select(outbox)
-                    .where(_one_of(outbox.c.payment_id, claimed, self._sqlite), _PENDING)
+                    _MESSAGES.where(_one_of(outbox.c.payment_id, claimed, self._sqlite), _PENDING)
                     .order_by(outbox.c.seq)
                     .limit(limit)
                 )
@@ -789,11 +792,11 @@ class SqlStore:
                 return int((await conn.execute(release)).rowcount)
 
     async def outbox_pending(self, limit: int) -> list[OutboxMessage]:
-        query = sa.select(outbox).where(_PENDING).order_by(outbox.c.seq).limit(max(limit, 0))
+        query = _MESSAGES.where(_PENDING).order_by(outbox.c.seq).limit(max(limit, 0))
         return [self._message(row) for row in await self._rows(query)]
 
     async def outbox_parked(self) -> list[tuple[OutboxMessage, str]]:
-        query = sa.select(outbox).where(outbox.c.parked.is_(True)).order_by(outbox.c.seq)
+        query = _MESSAGES.where(outbox.c.parked.is_(True)).order_by(outbox.c.seq)
         return [(self._message(row), row.last_error or "") for row in await self._rows(query)]
 
     async def outbox_requeue(self, message_ids: Sequence[str] | None = None) -> list[str]:
@@ -884,6 +887,10 @@ class SqlStore:
                 _pg_event_data, _sqlite_event_data, params, write=False
             )
             decode, data = self._event_types.from_json, dict(found or ())
+            if lost := [message_id for message_id in missing if message_id not in data]:
+                # Written in one transaction with its event, a row cannot lack it, unless
+                # someone deleted history by hand: say which, rather than a KeyError.
+                raise StoreError(f"store {self.url}: outbox messages without their event: {lost}")
             for i, row in enumerate(rows):
                 if events[i] is None:
                     events[i] = decode(data[row[0]])
@@ -1032,8 +1039,8 @@ def _current_revisions(connection: sa.Connection, schema: str | None) -> tuple[s
     return tuple(_migration_context(connection, schema).get_current_heads())
 
 
-def _upgrade(connection: sa.Connection, schema: str | None) -> None:
-    """Run the migrations to head on ``connection``, inside its transaction."""
+def _upgrade(connection: sa.Connection, schema: str | None, target: str = "head") -> None:
+    """Run the migrations to ``target`` on ``connection``, inside its transaction."""
     config = migrations.alembic_config()
     config.attributes["connection"] = connection
     config.attributes["schema"] = schema
@@ -1042,7 +1049,7 @@ def _upgrade(connection: sa.Connection, schema: str | None) -> None:
     ):
         # Made by the pre-migrations ``metadata.create_all``: that schema is revision 0001.
         command.stamp(config, "0001")
-    command.upgrade(config, "head")
+    command.upgrade(config, target)
 
 
 # Per connection, on files. The defaults (a 2 MiB page cache, a checkpoint every 1,000 WAL

@@ -47,7 +47,7 @@ PAYMENT_COLUMNS = ("id", "version", "state", "fence", "data", "unsettled", "upda
 CLAIM_COLUMNS = ("scope", "key", "fingerprint", "payment_id", "response", "created_at",
                  "expires_at", "state", "recovery_point", "locked_at")  # fmt: skip
 EVENT_COLUMNS = ("payment_id", "data", "version", "event_id", "type", "occurred_at")
-OUTBOX_COLUMNS = ("payment_id", "data", "message_id", "sequence", "attempts", "parked")
+OUTBOX_COLUMNS = ("payment_id", "message_id", "sequence", "attempts", "parked")
 ATTEMPT_COLUMNS = ("payment_id", "attempt_no", "gateway", "idempotency_key", "outcome",
                    "gateway_reference", "updated_at")  # fmt: skip
 # The only columns whose values need converting for a driver (datetimes).

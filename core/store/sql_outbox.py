@@ -108,9 +108,10 @@ SELECT (SELECT min(next_attempt_at) FROM outbox WHERE published_at IS NULL
     (SELECT min(expires_at) FROM outbox_leases
         WHERE owner != $1::text AND expires_at > $2::timestamptz)
 """
+# The JSON of events this process did not commit itself (outbox rows refer to their event).
 _PG_EVENT_DATA = (
-    "SELECT message_id, data FROM outbox"
-    " WHERE message_id IN (SELECT json_array_elements_text($1::json))"
+    "SELECT event_id, data FROM payment_events"
+    " WHERE event_id IN (SELECT json_array_elements_text($1::json))"
 )
 
 
@@ -183,7 +184,7 @@ SELECT (SELECT min(next_attempt_at) FROM outbox WHERE published_at IS NULL
     (SELECT min(expires_at) FROM outbox_leases WHERE owner != :owner AND expires_at > :after)
 """
 _SQLITE_EVENT_DATA = (
-    "SELECT message_id, data FROM outbox WHERE message_id IN (SELECT value FROM json_each(?))"
+    "SELECT event_id, data FROM payment_events WHERE event_id IN (SELECT value FROM json_each(?))"
 )
 
 

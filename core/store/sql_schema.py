@@ -63,7 +63,7 @@ outbox = sa.Table(
     sa.Column("message_id", sa.String(300), nullable=False, unique=True),
     sa.Column("payment_id", sa.String(255), nullable=False),
     sa.Column("sequence", sa.Integer, nullable=False),
-    sa.Column("data", sa.Text, nullable=False),
+    # No copy of the event's JSON (migration 0005): message_id is the event's id.
     sa.Column("published_at", _UtcDateTime, nullable=True),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("last_error", sa.Text, nullable=True),
