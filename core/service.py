@@ -51,6 +51,7 @@ from .gateways import (
     supports_currency,
 )
 from .hooks import Hooks
+from .ids import PaymentIds
 from .janitor import Janitor
 from .locks.base import Lease, LockManager
 from .observe import OperationRecord
@@ -172,6 +173,8 @@ def utc_now() -> datetime:
 
 
 def new_payment_id() -> str:
+    """One new payment id (the service's own :class:`~aegispay.ids.PaymentIds` draws them in
+    batches: this is the unbuffered form, for callers outside a service)."""
     return "pay_" + os.urandom(12).hex()
 
 
@@ -239,14 +242,14 @@ class PaymentService(PostAuthorizationOperations):
         host: PluginHost,
         engine: EngineSettings | None = None,
         clock: Callable[[], datetime] = utc_now,
-        ids: Callable[[], str] = new_payment_id,
+        ids: Callable[[], str] | None = None,
     ) -> None:
         self.store = store
         self.locks = locks
         self.host = host
         self.engine = engine or EngineSettings()
         self.clock = clock
-        self._ids = ids
+        self._ids = ids or PaymentIds()
         self.hooks = Hooks(host.pm)
         self.event_types = EventTypes()
         self._gateways: dict[str, Gateway] = {}

@@ -18,7 +18,7 @@ from .errors import ConfigError
 from .locks.base import LockManager
 from .locks.memory import MemoryLockManager
 from .pluginmanager import PluginHost, make_plugin_host
-from .service import PaymentService, new_payment_id, utc_now
+from .service import PaymentService, utc_now
 from .settings import DEFAULT_STORE, Settings
 from .store.base import PaymentStore
 from .store.memory import MemoryStore
@@ -69,7 +69,7 @@ def build_service(
     builtins: bool = True,
     entry_points: bool = True,
     clock: Callable[[], datetime] = utc_now,
-    ids: Callable[[], str] = new_payment_id,
+    ids: Callable[[], str] | None = None,
 ) -> PaymentService:
     """A ready :class:`PaymentService`.
 
