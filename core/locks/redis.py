@@ -5,8 +5,9 @@ past its lease; the key expires, a second holder is granted the lock, and now tw
 believe they hold it. No lock service can prevent that, because the paused holder cannot
 know it was paused. So every grant also returns a **fencing token**: a per-key counter
 (``<prefix><key>:fence``) incremented in the same Lua script that sets the lease, so tokens
-are strictly increasing, never reused, and survive the lease's expiry (the counter has no
-TTL). Every write made under the lease carries the token, and the store rejects a token
+are strictly increasing, never reused, and survive the lease's expiry (the counter outlives
+the lease by a week: ``FENCE_RETENTION_MS``). Every write made under the lease carries the
+token, and the store rejects a token
 older than the highest it has seen for that payment (Kleppmann, "How to do distributed
 locking"). The store is the arbiter; the lease only keeps two workers from doing the same
 work at the same time.
@@ -36,8 +37,9 @@ holder no longer waiting is given back by the batch task). A holder cancelled wh
 still waits for the release to reach Redis. (Multi-key scripts assume one Redis, not a Redis
 Cluster, whose keys of one call must share a slot.)
 
-If Redis loses the counters (flush, restart without persistence) tokens restart at 1 and a
-durable store rejects writes on payments it has seen: safe, but stuck until fences reset.
+A token is never below the Redis server's clock in microseconds, so a counter that Redis lost
+(a flush, a restart without persistence) or let expire (a week after its key's last grant)
+starts again above every token it gave before, and the store keeps accepting the new holders.
 """
 
 from __future__ import annotations
@@ -69,6 +71,12 @@ _IO_TIMEOUT_S = 5.0
 # A lease about to expire (PTTL of a few ms) must not make waiters poll in a tight loop.
 _MIN_WAIT_S = 0.01
 
+# A key's fencing counter expires this long after its last grant: a counter per payment ever
+# locked would otherwise grow Redis without bound (one key per payment, forever). Safe because
+# of the clock floor below: a counter made afresh starts at the server's time in microseconds,
+# above every token granted before it expired (tokens track the clock they were granted at).
+FENCE_RETENTION_MS = 7 * 24 * 3600 * 1000
+
 # Each script takes many keys, so concurrent holders share one round trip (see
 # RedisLockManager: acquires, releases and renewals are coalesced into batches).
 #
@@ -95,6 +103,7 @@ for i = 1, #KEYS / 2 do
       redis.call('SET', fence, floor)
       token = floor
     end
+    redis.call('PEXPIRE', fence, FENCE_RETENTION_MS)
     out[i] = token
   elseif redis.call('GET', lock) == owner then
     out[i] = tonumber(redis.call('GET', fence))
@@ -105,7 +114,7 @@ for i = 1, #KEYS / 2 do
   end
 end
 return out
-"""
+""".replace("FENCE_RETENTION_MS", str(FENCE_RETENTION_MS))
 # Release what is still ours (1) and wake its waiters; 0 where the lease had gone. The channel
 # is the lease's name with ``:released`` for ``:lock`` (a channel is not a key: deriving it
 # here saves an argument per lease).
