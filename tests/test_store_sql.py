@@ -380,6 +380,27 @@ class TestSqliteFileStore(_SqlConformance):
             await reopened.commit(change(payment, [], token=2))
 
 
+class TestSqliteFileStoreThroughSqlAlchemy(_SqlConformance):
+    """The whole suite on the fallback an aiosqlite without the direct path's internals gets:
+    the same batch decision (``sql_batch.decide``), written through SQLAlchemy."""
+
+    @pytest.fixture
+    async def make_store(
+        self, anyio_backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> AsyncIterator[StoreFactory]:
+        monkeypatch.setattr(sql_module, "sqlite_runner", lambda driver: None)
+        stores: list[SqlStore] = []
+
+        async def factory() -> SqlStore:
+            stores.append(SqlStore(f"sqlite:///{tmp_path / 'aegispay.db'}"))
+            await stores[-1].create_schema()
+            return stores[-1]
+
+        yield factory
+        for store in stores:
+            await store.close()
+
+
 class TestPostgresStore(_SqlConformance):
     @pytest.fixture
     async def make_store(self, anyio_backend: str) -> AsyncIterator[StoreFactory]:

@@ -60,6 +60,7 @@ from .group_commit import Coalescer
 from .recent import RecentlyWritten
 from .sql_batch import (
     ATTEMPT_UPSERT,
+    Prepared,
     RedoAll,
     advance_keys,
     insert_many,
@@ -69,7 +70,6 @@ from .sql_batch import (
 from .sql_direct import (
     CLAIM_COLUMNS,
     KeyRow,
-    Prepared,
     fetch_sqlite,
     sqlite_runner,
     write_postgres,
@@ -350,7 +350,7 @@ class SqlStore:
                 deferred: set[int] = await run(write_sqlite, db, changes, prepared)
                 return deferred
         async with self._transaction(write=True) as conn:
-            return await write_batch(conn, changes, self)
+            return await write_batch(conn, changes, prepared)
 
     async def _commit_one(self, change: Change) -> None:
         with self._errors():

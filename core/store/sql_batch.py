@@ -8,9 +8,10 @@ error (IdempotencyClaimed, ConcurrencyConflict, FencingTokenRejected) or, for an
 idempotency key, replaces it. So a conflict in one payment never fails another, and the rare
 cases keep one implementation.
 
-The store runs the same decisions on the bare driver connection
-(:mod:`~aegispay.store.sql_direct`: fewer round trips, less Python per row); this SQLAlchemy
-version remains for an aiosqlite without the internals that path uses, and documents the rules.
+The rows (:class:`Prepared`) and the decision (:func:`decide`, :func:`kept`) are shared: the
+store writes them on the bare driver connection (:mod:`~aegispay.store.sql_direct`: fewer
+round trips, less Python per row), and through SQLAlchemy (:func:`write_batch`) only for an
+aiosqlite without the internals that path uses.
 
 Why the checks are sound without per-row guards: the projection rows a batch updates are read
 ``FOR UPDATE`` on PostgreSQL (held to commit), and a SQLite writer holds the database's write
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy import exc
@@ -73,6 +74,144 @@ class Rows(Protocol):
     def _attempt_rows(self, change: Change) -> list[dict[str, Any]]: ...
 
 
+class Prepared:
+    """Every row a batch may write, built before its transaction; ``*_owner[j]`` is the index
+    of the change that row ``j`` belongs to (to leave out the deferred changes' rows)."""
+
+    __slots__ = ("attempt_owner", "attempts", "claims", "event_owner", "history", "messages",
+                 "projections", "steps")  # fmt: skip
+
+    def __init__(self, changes: Sequence[Change], rows: Rows) -> None:
+        projections: list[dict[str, Any]] = []
+        claims: list[dict[str, Any] | None] = []
+        steps: list[IdempotencyProgress | None] = []
+        events: list[Event] = []
+        event_owner: list[int] = []
+        attempts: list[dict[str, Any]] = []
+        attempt_owner: list[int] = []
+        for i, change in enumerate(changes):
+            projection = rows._projection_row(change)
+            projections.append(projection)
+            record = change.idempotency
+            if record is None:
+                claims.append(None)
+            elif record.response is change.payment and change.expected_version == 0:
+                claims.append(rows._claim_row(record, projection["data"]))  # encoded once
+            else:
+                claims.append(rows._claim_row(record))
+            step, claim = change.progress, claims[-1]
+            if step is not None and claim is not None and _same_key(step, claim):
+                _advance_claim(claim, step)
+                step = None
+            steps.append(step)
+            events.extend(change.events)
+            event_owner.extend([i] * len(change.events))
+            for attempt in rows._attempt_rows(change):
+                attempts.append(attempt)
+                attempt_owner.append(i)
+        self.projections = projections
+        self.claims = claims
+        self.steps = steps
+        self.history, self.messages = rows._event_rows(events) if events else ([], [])
+        self.event_owner = event_owner
+        self.attempts = attempts
+        self.attempt_owner = attempt_owner
+
+
+def decide(
+    changes: Sequence[Change],
+    current: dict[str, tuple[int, int]],
+    taken: set[tuple[str, str]],
+) -> tuple[set[int], dict[int, int]]:
+    """The changes left to the per-change path, and each update's new fence.
+
+    ``current``: the (locked) version and fence of the updated payments; ``taken``: the
+    idempotency keys that exist. As ``sql_batch.write_batch`` decides: versions and fences
+    first, then the claims of the changes still standing."""
+    deferred: set[int] = set()
+    fences: dict[int, int] = {}
+    for i, change in enumerate(changes):
+        if change.expected_version > 0:
+            version, fence = current.get(change.payment.id, (0, 0))
+            token = change.fencing_token
+            if version != change.expected_version or (token is not None and token < fence):
+                deferred.add(i)
+                continue
+            fences[i] = fence if token is None else max(fence, token)
+        record = change.idempotency
+        if record is not None and (record.scope, record.key) in taken:
+            deferred.add(i)
+    return deferred, fences
+
+
+def _kept(rows: list[Any], owners: list[int], deferred: set[int]) -> list[Any]:
+    if not deferred:
+        return rows
+    return [row for row, i in zip(rows, owners, strict=True) if i not in deferred]
+
+
+class Kept(NamedTuple):
+    """The rows of the changes a batch writes itself (the deferred ones left out). ``updated``:
+    projection rows carrying their new ``fence`` and the ``expected`` version."""
+
+    claims: list[dict[str, Any]]
+    created: list[dict[str, Any]]
+    updated: list[dict[str, Any]]
+    steps: list[IdempotencyProgress]
+    history: list[dict[str, Any]]
+    messages: list[dict[str, Any]]
+    attempts: list[dict[str, Any]]
+
+
+def kept(
+    changes: Sequence[Change], prepared: Prepared, deferred: set[int], fences: dict[int, int]
+) -> Kept:
+    claims, created, updated, steps = [], [], [], []
+    for i, change in enumerate(changes):
+        if i in deferred:
+            continue
+        projection = prepared.projections[i]
+        if change.expected_version == 0:
+            created.append(projection)
+        else:
+            projection["fence"] = fences[i]
+            projection["expected"] = change.expected_version
+            updated.append(projection)
+        claim = prepared.claims[i]
+        if claim is not None:
+            claims.append(claim)
+        step = prepared.steps[i]
+        if step is not None:
+            steps.append(step)
+    owner = prepared.event_owner
+    return Kept(
+        claims, created, updated, steps,
+        _kept(prepared.history, owner, deferred), _kept(prepared.messages, owner, deferred),
+        _kept(prepared.attempts, prepared.attempt_owner, deferred),
+    )  # fmt: skip
+
+
+def _same_key(step: IdempotencyProgress, claim: dict[str, Any]) -> bool:
+    return bool(step.scope == claim["scope"] and step.key == claim["key"])
+
+
+def _advance_claim(claim: dict[str, Any], step: IdempotencyProgress) -> None:
+    """A change that claims a key and advances that same key (a keyed create and its first
+    step in one commit): the advance is applied to the claim's row before it is written,
+    under the guard the UPDATE would apply to it right after - in flight, this payment, at
+    the step's point or before it. On PostgreSQL the claim and the advances are parts of one
+    statement, and no part sees another's rows: an UPDATE would miss the claim."""
+    earlier = RECOVERY_POINTS[: RECOVERY_POINTS.index(step.recovery_point) + 1]
+    if (
+        claim["state"] == IN_FLIGHT
+        and claim["payment_id"] == step.payment_id
+        and claim["recovery_point"] in earlier
+    ):
+        claim["recovery_point"] = step.recovery_point
+        claim["state"] = step.state
+        claim["locked_at"] = step.at if step.state == IN_FLIGHT else None
+
+
 # The version guard stays even though the rows were checked (and are locked): belt and braces.
 _UPDATE_SQLITE = (
     "UPDATE payments SET version = ?, state = ?, data = ?, fence = ?, unsettled = ?,"
@@ -80,108 +219,51 @@ _UPDATE_SQLITE = (
 )
 
 
-async def write_batch(conn: AsyncConnection, changes: Sequence[Change], rows: Rows) -> set[int]:
+async def write_batch(
+    conn: AsyncConnection, changes: Sequence[Change], prepared: Prepared
+) -> set[int]:
     """Write what can be decided here; return the indexes left to the per-change path.
 
-    SQLite only: PostgreSQL batches always run on the bare driver (``sql_direct``), and SQLite
-    ones do too unless aiosqlite lacks the internals that path needs. Raises
-    :class:`RedoAll` (after which the caller rolls back) when the batch cannot be trusted as a
-    whole.
+    SQLite only, through SQLAlchemy's connection: PostgreSQL batches always run on the bare
+    driver (``sql_direct``), and SQLite ones do too unless aiosqlite lacks the internals that
+    path needs. The decision is :func:`decide`'s, on the same reads as the direct path's.
+    Raises :class:`RedoAll` (after which the caller rolls back) when a write hit an integrity
+    constraint.
     """
-    deferred: set[int] = set()
-    update_rows: list[tuple[int, int]] = []  # (change index, its new fence)
-    encoded: dict[int, dict[str, Any]] = {}  # projection rows already built
-
-    # 1. Updates: read the current versions and fences (locked) and decide, before any
-    # write, so a change that fails here leaves nothing behind (not even its claim).
-    updates = [i for i, c in enumerate(changes) if c.expected_version > 0]
-    if updates:
-        ids = sorted({changes[i].payment.id for i in updates})
+    # Read the current versions and fences, and which keys exist, and decide - before any
+    # write, so a change that fails here leaves nothing behind (not even its claim). The
+    # reads are sound: this transaction holds SQLite's write lock.
+    ids = sorted({c.payment.id for c in changes if c.expected_version > 0})
+    current: dict[str, tuple[int, int]] = {}
+    if ids:
         query = sa.select(payments.c.id, payments.c.version, payments.c.fence)
         found = await conn.execute(query.where(payments.c.id.in_(ids)))
         current = {row.id: (row.version, row.fence) for row in found}
-        for i in updates:
-            change = changes[i]
-            version, fence = current.get(change.payment.id, (0, 0))
-            token = change.fencing_token
-            if version != change.expected_version or (token is not None and token < fence):
-                deferred.add(i)  # the per-change path names the conflict
-                continue
-            update_rows.append((i, fence if token is None else max(fence, token)))
-
-    # 2. Idempotency claims: a key that exists (taken, or expired and to be replaced) goes to
-    # the per-change path. The check is sound: this transaction holds SQLite's write lock.
-    claims = [
-        (i, c.idempotency)
-        for i, c in enumerate(changes)
-        if c.idempotency is not None and i not in deferred
-    ]
-    if claims:
-        wanted = sorted({(record.scope, record.key) for _, record in claims if record})
-        # Not ``tuple_(scope, key).in_(wanted)``: SQLite scans the key index for that.
+    wanted = sorted({(r.scope, r.key) for c in changes if (r := c.idempotency) is not None})
+    taken: set[tuple[str, str]] = set()
+    if wanted:
         sql, params = sqlite_keys_query(("scope", "key"), wanted)
-        found = await conn.exec_driver_sql(sql, tuple(params))
-        taken = {(row[0], row[1]) for row in found}
-        claim_rows = []
-        for i, record in claims:
-            assert record is not None
-            if (record.scope, record.key) in taken:
-                deferred.add(i)
-                continue
-            change = changes[i]
-            if record.response is change.payment and change.expected_version == 0:
-                projection = rows._projection_row(change)  # encoded once, used twice
-                encoded[i] = projection
-                claim_rows.append(rows._claim_row(record, projection["data"]))
-            else:
-                claim_rows.append(rows._claim_row(record))
-        await insert_many(conn, idempotency_keys, claim_rows, postgres=False)
-
-    # 3. New payments. A taken id is next to impossible (random ids): the insert fails and
-    # the batch is redone change by change.
-    new = [i for i, c in enumerate(changes) if c.expected_version == 0 and i not in deferred]
-    if new:
-        projections = [encoded.get(i) or rows._projection_row(changes[i]) for i in new]
-        await insert_many(conn, payments, projections, postgres=False)
-
-    # 4. The updates decided in 1 whose claims (if any) were won in 2.
-    update_values = []
-    for i, fence in update_rows:
-        if i in deferred:
-            continue
-        change = changes[i]
-        row = rows._projection_row(change)
-        update_values.append(
-            (
-                row["version"],
-                row["state"],
-                row["data"],
-                fence,
-                _bind_sqlite(row["unsettled"]),
-                _bind_sqlite(row["updated_at"]),
-                row["id"],
-                change.expected_version,
-            )
-        )
-    if update_values:
-        await conn.exec_driver_sql(_UPDATE_SQLITE, update_values)
-
-    # 5. The history and the outbox of every change written above, and its attempts.
-    written = [c for i, c in enumerate(changes) if i not in deferred]
-    events = [event for change in written for event in change.events]
-    if events:
-        history, messages = rows._event_rows(events)
-        await insert_many(conn, payment_events, history, postgres=False)
-        # Inserted in commit order within the batch: seq order is commit order.
-        await insert_many(conn, outbox, messages, postgres=False)
-    attempts = [row for change in written for row in rows._attempt_rows(change)]
-    if attempts:
-        upsert = ATTEMPT_UPSERT
-        await insert_many(conn, payment_attempts, attempts, postgres=False, upsert=upsert)
-    # 6. Keyed requests' recovery points, in the transaction of the change that reached them.
-    steps = [change.progress for change in written if change.progress is not None]
-    if steps:
-        await advance_keys(conn, steps, postgres=False, results=False)
+        found_keys: Any = await conn.exec_driver_sql(sql, tuple(params))  # untyped rows
+        taken = {(row[0], row[1]) for row in found_keys}
+    deferred, fences = decide(changes, current, taken)
+    rows = kept(changes, prepared, deferred, fences)
+    # The direct path's order: claims, new payments, updates, history, outbox (seq order is
+    # commit order), attempts, then the recovery points.
+    await insert_many(conn, idempotency_keys, rows.claims, postgres=False)
+    await insert_many(conn, payments, rows.created, postgres=False)
+    if rows.updated:
+        values = [
+            (p["version"], p["state"], p["data"], p["fence"], _bind_sqlite(p["unsettled"]),
+             _bind_sqlite(p["updated_at"]), p["id"], p["expected"])
+            for p in rows.updated
+        ]  # fmt: skip
+        await conn.exec_driver_sql(_UPDATE_SQLITE, values)
+    await insert_many(conn, payment_events, rows.history, postgres=False)
+    await insert_many(conn, outbox, rows.messages, postgres=False)
+    upsert = ATTEMPT_UPSERT
+    await insert_many(conn, payment_attempts, rows.attempts, postgres=False, upsert=upsert)
+    if rows.steps:
+        await advance_keys(conn, rows.steps, postgres=False, results=False)
     return deferred
 
 

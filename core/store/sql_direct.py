@@ -1,11 +1,12 @@
 """The group-commit batch on the bare driver connection: fewer round trips, less Python per row.
 
-:mod:`~aegispay.store.sql_batch` decides a batch the same way through SQLAlchemy; this module
-is what the store runs in practice, and what changes is only how the rows reach the database:
+:mod:`~aegispay.store.sql_batch` holds the batch's rows and its decision, and writes it through
+SQLAlchemy where this path is unavailable; this module is what the store runs in practice, and
+what differs is only how the rows reach the database:
 
 * Rows are built once, before the transaction, in the event loop's thread
-  (:class:`Prepared`); the decision (:func:`decide`) is the same as ``write_batch``'s: a stale
-  version, an old fencing token or a taken idempotency key defers the change to the
+  (``sql_batch.Prepared``); the decision (``sql_batch.decide``, shared with ``write_batch``):
+  a stale version, an old fencing token or a taken idempotency key defers the change to the
   per-change path (which names the precise error), and writes nothing of it.
 * PostgreSQL (:func:`write_postgres`): BEGIN, one locking read, ONE write statement, COMMIT.
   Each table's rows travel as one JSON text parameter (orjson, in C) expanded by the server
@@ -37,9 +38,8 @@ from typing import Any, NamedTuple
 import asyncpg  # type: ignore[import-untyped]
 import orjson
 
-from ..events import Event
 from .base import IN_FLIGHT, RECOVERY_POINTS, Change, IdempotencyProgress
-from .sql_batch import RedoAll, Rows, sqlite_keys_query
+from .sql_batch import Prepared, RedoAll, decide, kept, sqlite_keys_query
 
 # The row builders' keys (``SqlStore._projection_row`` and friends), in statement order. A
 # test checks them against the builders, so a new column cannot be dropped silently here.
@@ -60,123 +60,6 @@ _TIMES = {
 }
 
 
-class Prepared:
-    """Every row a batch may write, built before its transaction; ``*_owner[j]`` is the index
-    of the change that row ``j`` belongs to (to leave out the deferred changes' rows)."""
-
-    __slots__ = ("attempt_owner", "attempts", "claims", "event_owner", "history", "messages",
-                 "projections", "steps")  # fmt: skip
-
-    def __init__(self, changes: Sequence[Change], rows: Rows) -> None:
-        projections: list[dict[str, Any]] = []
-        claims: list[dict[str, Any] | None] = []
-        steps: list[IdempotencyProgress | None] = []
-        events: list[Event] = []
-        event_owner: list[int] = []
-        attempts: list[dict[str, Any]] = []
-        attempt_owner: list[int] = []
-        for i, change in enumerate(changes):
-            projection = rows._projection_row(change)
-            projections.append(projection)
-            record = change.idempotency
-            if record is None:
-                claims.append(None)
-            elif record.response is change.payment and change.expected_version == 0:
-                claims.append(rows._claim_row(record, projection["data"]))  # encoded once
-            else:
-                claims.append(rows._claim_row(record))
-            step, claim = change.progress, claims[-1]
-            if step is not None and claim is not None and _same_key(step, claim):
-                _advance_claim(claim, step)
-                step = None
-            steps.append(step)
-            events.extend(change.events)
-            event_owner.extend([i] * len(change.events))
-            for attempt in rows._attempt_rows(change):
-                attempts.append(attempt)
-                attempt_owner.append(i)
-        self.projections = projections
-        self.claims = claims
-        self.steps = steps
-        self.history, self.messages = rows._event_rows(events) if events else ([], [])
-        self.event_owner = event_owner
-        self.attempts = attempts
-        self.attempt_owner = attempt_owner
-
-
-def decide(
-    changes: Sequence[Change],
-    current: dict[str, tuple[int, int]],
-    taken: set[tuple[str, str]],
-) -> tuple[set[int], dict[int, int]]:
-    """The changes left to the per-change path, and each update's new fence.
-
-    ``current``: the (locked) version and fence of the updated payments; ``taken``: the
-    idempotency keys that exist. As ``sql_batch.write_batch`` decides: versions and fences
-    first, then the claims of the changes still standing."""
-    deferred: set[int] = set()
-    fences: dict[int, int] = {}
-    for i, change in enumerate(changes):
-        if change.expected_version > 0:
-            version, fence = current.get(change.payment.id, (0, 0))
-            token = change.fencing_token
-            if version != change.expected_version or (token is not None and token < fence):
-                deferred.add(i)
-                continue
-            fences[i] = fence if token is None else max(fence, token)
-        record = change.idempotency
-        if record is not None and (record.scope, record.key) in taken:
-            deferred.add(i)
-    return deferred, fences
-
-
-def _kept(rows: list[Any], owners: list[int], deferred: set[int]) -> list[Any]:
-    if not deferred:
-        return rows
-    return [row for row, i in zip(rows, owners, strict=True) if i not in deferred]
-
-
-class Kept(NamedTuple):
-    """The rows of the changes a batch writes itself (the deferred ones left out). ``updated``:
-    projection rows carrying their new ``fence`` and the ``expected`` version."""
-
-    claims: list[dict[str, Any]]
-    created: list[dict[str, Any]]
-    updated: list[dict[str, Any]]
-    steps: list[IdempotencyProgress]
-    history: list[dict[str, Any]]
-    messages: list[dict[str, Any]]
-    attempts: list[dict[str, Any]]
-
-
-def kept(
-    changes: Sequence[Change], prepared: Prepared, deferred: set[int], fences: dict[int, int]
-) -> Kept:
-    claims, created, updated, steps = [], [], [], []
-    for i, change in enumerate(changes):
-        if i in deferred:
-            continue
-        projection = prepared.projections[i]
-        if change.expected_version == 0:
-            created.append(projection)
-        else:
-            projection["fence"] = fences[i]
-            projection["expected"] = change.expected_version
-            updated.append(projection)
-        claim = prepared.claims[i]
-        if claim is not None:
-            claims.append(claim)
-        step = prepared.steps[i]
-        if step is not None:
-            steps.append(step)
-    owner = prepared.event_owner
-    return Kept(
-        claims, created, updated, steps,
-        _kept(prepared.history, owner, deferred), _kept(prepared.messages, owner, deferred),
-        _kept(prepared.attempts, prepared.attempt_owner, deferred),
-    )  # fmt: skip
-
-
 def _step_row(step: IdempotencyProgress) -> tuple[Any, ...]:
     """An advance's values: point, state, locked_at, scope, key, payment_id, then the points
     it may move from (this one and those before it, repeated to a fixed arity)."""
@@ -185,27 +68,6 @@ def _step_row(step: IdempotencyProgress) -> tuple[Any, ...]:
     locked_at = step.at if step.state == IN_FLIGHT else None
     return (step.recovery_point, step.state, locked_at, step.scope, step.key, step.payment_id,
             *earlier)  # fmt: skip
-
-
-def _same_key(step: IdempotencyProgress, claim: dict[str, Any]) -> bool:
-    return bool(step.scope == claim["scope"] and step.key == claim["key"])
-
-
-def _advance_claim(claim: dict[str, Any], step: IdempotencyProgress) -> None:
-    """A change that claims a key and advances that same key (a keyed create and its first
-    step in one commit): the advance is applied to the claim's row before it is written,
-    under the guard the UPDATE would apply to it right after - in flight, this payment, at
-    the step's point or before it. On PostgreSQL the claim and the advances are parts of one
-    statement, and no part sees another's rows: an UPDATE would miss the claim."""
-    earlier = RECOVERY_POINTS[: RECOVERY_POINTS.index(step.recovery_point) + 1]
-    if (
-        claim["state"] == IN_FLIGHT
-        and claim["payment_id"] == step.payment_id
-        and claim["recovery_point"] in earlier
-    ):
-        claim["recovery_point"] = step.recovery_point
-        claim["state"] = step.state
-        claim["locked_at"] = step.at if step.state == IN_FLIGHT else None
 
 
 # -- PostgreSQL --------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ Revises: 0004
 
 from __future__ import annotations
 
+import sqlite3
+
 import sqlalchemy as sa
 from aegispay.errors import StoreError
 from alembic import op
@@ -57,8 +59,8 @@ def downgrade() -> None:
 
 
 def _sqlite_without_drop_column() -> bool:
-    bind = op.get_bind()
-    return bind.dialect.name == "sqlite" and bind.dialect.dbapi.sqlite_version_info < (3, 35)
+    # The SQLite library Python's sqlite3 (which aiosqlite wraps) is linked against.
+    return op.get_bind().dialect.name == "sqlite" and sqlite3.sqlite_version_info < (3, 35)
 
 
 def _rebuild_outbox(*, drop: bool) -> None:
