@@ -29,6 +29,7 @@ from aegispay.store.recent import RecentlyWritten
 from aegispay.store.sql import SqlStore, normalise_url, payment_events, payments
 from aegispay.store.sql_batch import _bind_sqlite, sqlite_keys_query
 from aegispay.store.sql_direct import CLAIM_COLUMNS, sqlite_runner
+from aegispay.store.sql_outbox import _SQLITE_CLAIM
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 from store_conformance import (
@@ -282,6 +283,17 @@ class TestSqliteFileStore(_SqlConformance):
                 for name in ("journal_mode", "synchronous", "cache_size", "wal_autocheckpoint")
             ]
         assert values == ["wal", 1, -65536, 10000]
+
+    async def test_the_relay_claim_probes_the_backoff_index(self, store: SqlStore) -> None:
+        """Whether a payment is backing off is one probe of ix_outbox_backoff (empty while
+        sinks are healthy), not a pass over the payment's rows for every pending row."""
+        params = {"owner": "me", "now": "2026-01-01 00:00:00.000000",
+                  "lease_until": "2026-01-01 00:00:30.000000", "limit": 1000}  # fmt: skip
+        async with store._transaction() as conn:
+            found = await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {_SQLITE_CLAIM}", params)
+            plan = [row[-1] for row in found]
+        assert "SEARCH b USING INDEX ix_outbox_backoff (payment_id=?)" in plan, plan
+        assert not any(step.split()[:2] == ["SCAN", "o"] for step in plan), plan  # no full walk
 
     async def test_key_lookups_use_the_primary_key_not_a_scan(self, store: SqlStore) -> None:
         """Every batch looks its idempotency keys up (finds, and the claims' check): each pair

@@ -1107,21 +1107,23 @@ def _outbox_claim_statement(sqlite: bool) -> Any:
     leased_by_another = sa.exists().where(
         lease.c.payment_id == row.c.payment_id, lease.c.owner != owner, lease.c.expires_at > now
     )
-    # A correlated aggregate over the payment's own rows only (ix_outbox_payment: a handful
-    # per payment). The pending condition sits inside the aggregate, not in WHERE, on
-    # purpose: in WHERE it let PostgreSQL (with stale statistics on a young table) AND in a
-    # bitmap scan of ix_outbox_pending - every pending row, once per row looked at: O(n^2),
-    # seconds per claim at 20k pending messages.
-    pending = sa.and_(other.c.published_at.is_(None), other.c.parked.is_(False))
-    retry_at = (
-        sa.select(sa.func.max(sa.case((pending, other.c.next_attempt_at), else_=None)))
-        .where(other.c.payment_id == row.c.payment_id)
-        .scalar_subquery()
+    # Backing off: a message of the payment waits for its next attempt. The condition names
+    # ix_outbox_backoff's predicate (``next_attempt_at IS NOT NULL AND published_at IS NULL``),
+    # so the probe reads that index - empty while sinks are healthy - and never the pending
+    # rows. (Migration 0006. Before it, an aggregate over each row's payment; and before that,
+    # a pending test in this WHERE that let PostgreSQL AND in a bitmap scan of
+    # ix_outbox_pending - every pending row, once per row looked at: O(n^2).)
+    backing_off = sa.exists().where(
+        other.c.payment_id == row.c.payment_id,
+        other.c.next_attempt_at.is_not(None),
+        other.c.published_at.is_(None),
+        other.c.parked.is_(False),
+        other.c.next_attempt_at > now,
     )
     oldest = (
         sa.select(row.c.payment_id)
         .where(row.c.published_at.is_(None), row.c.parked.is_(False))
-        .where(~leased_by_another, sa.func.coalesce(retry_at, now) <= now)
+        .where(~leased_by_another, ~backing_off)
         # ix_outbox_pending's own order (= seq order here): walked, not sorted, and never the
         # primary key past every published row.
         .order_by(row.c.published_at, row.c.parked, row.c.seq)

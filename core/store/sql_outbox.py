@@ -34,9 +34,9 @@ def _oldest(sqlite: bool) -> str:
         f"SELECT o.payment_id FROM outbox AS o WHERE o.published_at IS NULL AND o.parked {parked}"
         " AND NOT EXISTS (SELECT 1 FROM outbox_leases AS l WHERE l.payment_id = o.payment_id"
         f" AND l.owner != {owner} AND l.expires_at > {now})"
-        " AND coalesce((SELECT max(CASE WHEN b.published_at IS NULL AND b.parked"
-        f" {parked} THEN b.next_attempt_at END) FROM outbox AS b"
-        f" WHERE b.payment_id = o.payment_id), {now}) <= {now}"
+        " AND NOT EXISTS (SELECT 1 FROM outbox AS b WHERE b.payment_id = o.payment_id"
+        " AND b.next_attempt_at IS NOT NULL AND b.published_at IS NULL"
+        f" AND b.parked {parked} AND b.next_attempt_at > {now})"
         f" ORDER BY o.published_at, o.parked, o.seq LIMIT {limit}"
     )
 

@@ -81,6 +81,15 @@ sa.Index(
     sqlite_where=outbox.c.published_at.is_(None),
 )
 sa.Index("ix_outbox_payment", outbox.c.payment_id, outbox.c.sequence)
+# The payments whose delivery is backing off (migration 0006): the claim skips them by probing
+# this, which holds no row at all while the sinks are healthy.
+_WAITING = sa.and_(outbox.c.next_attempt_at.is_not(None), outbox.c.published_at.is_(None))
+sa.Index(
+    "ix_outbox_backoff",
+    outbox.c.payment_id,
+    postgresql_where=_WAITING,
+    sqlite_where=_WAITING,
+)
 # A relay's lease on one payment's queue: several relays, per-payment order.
 outbox_leases = sa.Table(
     "outbox_leases",
