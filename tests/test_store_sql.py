@@ -255,19 +255,25 @@ class TestSqliteMemoryStore(_SqlConformance):
             await store.close()
 
 
+async def _sqlite_file_stores(tmp_path: Path) -> AsyncIterator[StoreFactory]:
+    """Stores on one SQLite file, migrated; closed afterwards."""
+    stores: list[SqlStore] = []
+
+    async def factory() -> SqlStore:
+        stores.append(SqlStore(f"sqlite:///{tmp_path / 'aegispay.db'}"))
+        await stores[-1].create_schema()
+        return stores[-1]
+
+    yield factory
+    for store in stores:
+        await store.close()
+
+
 class TestSqliteFileStore(_SqlConformance):
     @pytest.fixture
     async def make_store(self, anyio_backend: str, tmp_path: Path) -> AsyncIterator[StoreFactory]:
-        stores: list[SqlStore] = []
-
-        async def factory() -> SqlStore:
-            stores.append(SqlStore(f"sqlite:///{tmp_path / 'aegispay.db'}"))
-            await stores[-1].create_schema()
-            return stores[-1]
-
-        yield factory
-        for store in stores:
-            await store.close()
+        async for factory in _sqlite_file_stores(tmp_path):
+            yield factory
 
     async def test_installed_aiosqlite_runs_batches_in_one_hand_off(self, store: SqlStore) -> None:
         """The direct path uses aiosqlite's private ``_execute``/``_conn``: if an upgrade drops
@@ -401,16 +407,8 @@ class TestSqliteFileStoreThroughSqlAlchemy(_SqlConformance):
         self, anyio_backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> AsyncIterator[StoreFactory]:
         monkeypatch.setattr(sql_module, "sqlite_runner", lambda driver: None)
-        stores: list[SqlStore] = []
-
-        async def factory() -> SqlStore:
-            stores.append(SqlStore(f"sqlite:///{tmp_path / 'aegispay.db'}"))
-            await stores[-1].create_schema()
-            return stores[-1]
-
-        yield factory
-        for store in stores:
-            await store.close()
+        async for factory in _sqlite_file_stores(tmp_path):
+            yield factory
 
 
 class TestPostgresStore(_SqlConformance):
