@@ -18,8 +18,8 @@ import pytest
 import redis.asyncio as aioredis
 from _services import REDIS_URL
 from aegispay import events as ev
-from aegispay.errors import FencingTokenRejected, LockTimeout, StoreUnavailable
-from aegispay.locks.redis import FENCE_RETENTION_MS, RedisLockManager, _Script
+from aegispay.errors import ConfigError, FencingTokenRejected, LockTimeout, StoreUnavailable
+from aegispay.locks.redis import DEFAULT_FENCE_RETENTION_S, RedisLockManager, _Script
 from aegispay.money import Money
 from aegispay.payment import Payment, apply
 from aegispay.requests import PaymentRequest
@@ -132,9 +132,23 @@ async def test_tokens_strictly_increase_including_after_expiry(
         await other.close()
     assert tokens == sorted(set(tokens)), tokens
     assert len(tokens) == 7
-    # The counter outlives any lease by far, but not forever (one key per payment ever locked).
-    assert await redis_client.pttl(other.fence_key("k")) > FENCE_RETENTION_MS - 60_000
-    assert await redis_client.pttl(other.fence_key("k")) <= FENCE_RETENTION_MS
+    # The counter outlives any lease, but not forever (one key per payment ever locked).
+    retention_ms = DEFAULT_FENCE_RETENTION_S * 1000
+    assert retention_ms - 60_000 < await redis_client.pttl(other.fence_key("k")) <= retention_ms
+
+
+async def test_fence_retention_is_configurable_and_must_outlive_the_lease(
+    prefix: str, redis_client: aioredis.Redis
+) -> None:
+    short = RedisLockManager(REDIS_URL, prefix=prefix, fence_retention_s=60)
+    try:
+        async with short.hold("k", 5):
+            pass
+        assert 50_000 < await redis_client.pttl(short.fence_key("k")) <= 60_000
+    finally:
+        await short.close()
+    with pytest.raises(ConfigError, match="fence_retention_s"):
+        RedisLockManager(REDIS_URL, prefix=prefix, lease_ms=10_000, fence_retention_s=10)
 
 
 async def test_release_by_a_former_owner_keeps_the_new_owners_lock(

@@ -6,7 +6,7 @@ believe they hold it. No lock service can prevent that, because the paused holde
 know it was paused. So every grant also returns a **fencing token**: a per-key counter
 (``<prefix><key>:fence``) incremented in the same Lua script that sets the lease, so tokens
 are strictly increasing, never reused, and survive the lease's expiry (the counter outlives
-the lease by a week: ``FENCE_RETENTION_MS``). Every write made under the lease carries the
+the lease: ``fence_retention_s``, an hour by default). Every write made under the lease carries the
 token, and the store rejects a token
 older than the highest it has seen for that payment (Kleppmann, "How to do distributed
 locking"). The store is the arbiter; the lease only keeps two workers from doing the same
@@ -71,11 +71,14 @@ _IO_TIMEOUT_S = 5.0
 # A lease about to expire (PTTL of a few ms) must not make waiters poll in a tight loop.
 _MIN_WAIT_S = 0.01
 
-# A key's fencing counter expires this long after its last grant: a counter per payment ever
-# locked would otherwise grow Redis without bound (one key per payment, forever). Safe because
-# of the clock floor below: a counter made afresh starts at the server's time in microseconds,
-# above every token granted before it expired (tokens track the clock they were granted at).
-FENCE_RETENTION_MS = 7 * 24 * 3600 * 1000
+# A key's fencing counter expires ``fence_retention_s`` after its last grant: a counter per
+# payment ever locked would otherwise grow Redis without bound (one key per payment, forever:
+# 5,000 payments/s is 18 million keys an hour). Safe because of the clock floor below: a
+# counter made afresh starts at the server's time in microseconds, above every token granted
+# before it expired (tokens track the clock they were granted at, a grant per key being far
+# rarer than one per microsecond). What the retention adds is a margin for Redis's clock
+# stepping back: within it, the counter still orders the tokens.
+DEFAULT_FENCE_RETENTION_S = 3600
 
 # Each script takes many keys, so concurrent holders share one round trip (see
 # RedisLockManager: acquires, releases and renewals are coalesced into batches).
@@ -86,13 +89,13 @@ FENCE_RETENTION_MS = 7 * 24 * 3600 * 1000
 # highest token it has seen per payment, and a Redis that lost its counters (restarted without
 # persistence) must not hand out smaller tokens than before. Per key the answer is the token
 # (> 0), or minus the current holder's remaining lease in ms.
-# KEYS: lock1, fence1, lock2, fence2, ...  ARGV: lease_ms, owner1, owner2, ...
+# KEYS: lock1, fence1, lock2, fence2, ...  ARGV: lease_ms, retention_ms, owner1, owner2, ...
 _ACQUIRE = """
 local lease = ARGV[1]
 local floor = nil
 local out = {}
 for i = 1, #KEYS / 2 do
-  local lock, fence, owner = KEYS[2 * i - 1], KEYS[2 * i], ARGV[i + 1]
+  local lock, fence, owner = KEYS[2 * i - 1], KEYS[2 * i], ARGV[i + 2]
   if redis.call('SET', lock, owner, 'NX', 'PX', lease) then
     local token = redis.call('INCR', fence)
     if floor == nil then
@@ -103,7 +106,7 @@ for i = 1, #KEYS / 2 do
       redis.call('SET', fence, floor)
       token = floor
     end
-    redis.call('PEXPIRE', fence, FENCE_RETENTION_MS)
+    redis.call('PEXPIRE', fence, ARGV[2])
     out[i] = token
   elseif redis.call('GET', lock) == owner then
     out[i] = tonumber(redis.call('GET', fence))
@@ -114,7 +117,7 @@ for i = 1, #KEYS / 2 do
   end
 end
 return out
-""".replace("FENCE_RETENTION_MS", str(FENCE_RETENTION_MS))
+"""
 # Release what is still ours (1) and wake its waiters; 0 where the lease had gone. The channel
 # is the lease's name with ``:released`` for ``:lock`` (a channel is not a key: deriving it
 # here saves an argument per lease).
@@ -305,11 +308,18 @@ class RedisLockManager:
         prefix: str = "aegispay:lock:",
         renew: bool = True,
         max_connections: int = 64,
+        fence_retention_s: int = DEFAULT_FENCE_RETENTION_S,
     ) -> None:
         self._safe_url, self._password = hide_password(url)
         if not isinstance(lease_ms, int) or lease_ms < 3:
             raise ConfigError(f"lock lease_ms: expected an integer >= 3, got {lease_ms!r}")
+        if not isinstance(fence_retention_s, int) or fence_retention_s * 1000 <= lease_ms:
+            raise ConfigError(
+                "lock fence_retention_s: expected an integer number of seconds longer than the"
+                f" lease ({lease_ms} ms), got {fence_retention_s!r}"
+            )
         self.lease_ms = lease_ms
+        self.fence_retention_s = fence_retention_s
         self.prefix = prefix
         self.renew = renew
         try:
@@ -327,6 +337,7 @@ class RedisLockManager:
             raise ConfigError(f"lock: invalid redis URL {self._safe_url}: {error}") from None
         self._prefix = prefix.encode()
         self._lease_arg = b"%d" % lease_ms
+        self._retention_arg = b"%d" % (fence_retention_s * 1000)
         self._owner_id = uuid.uuid4().hex.encode()  # this manager's; a serial tells holds apart
         self._serial = 0
         self._acquire_script = _Script(_ACQUIRE)
@@ -431,7 +442,7 @@ class RedisLockManager:
 
     async def _acquire_batch(self, items: Sequence[_Hold]) -> list[int]:
         keys: list[bytes] = []
-        args: list[bytes] = [self._lease_arg]
+        args: list[bytes] = [self._lease_arg, self._retention_arg]
         for hold in items:
             keys.append(hold._lock_arg)
             keys.append(hold._fence_arg)
