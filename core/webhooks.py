@@ -5,6 +5,11 @@ A gateway adapter that receives webhooks implements :class:`WebhookReceiver` bes
 gateway's event into one :class:`WebhookUpdate`. :func:`handle_webhook` (called by
 ``PaymentService.handle_webhook`` and the ASGI app) then dedupes on ``(gateway, event_id)`` and
 applies the update through the payment state machine.
+
+A refund's webhook settles the refund AegisPay asked for and is waiting on; one that AegisPay
+never asked for (issued in the gateway's dashboard) is recorded as a refund of its own, so the
+payment says what the customer got back - once, by its gateway reference, and only when it
+cannot be a refund already recorded.
 """
 
 from __future__ import annotations
@@ -363,6 +368,8 @@ def _plan_refund(payment: Payment, update: WebhookUpdate, now: datetime) -> Webh
             f"{'success' if succeeded else 'failure'}"
         )
     pending = payment.pending
+    if pending is None and succeeded:
+        return _refund_made_at_the_gateway(payment, update, now)
     if pending is None or pending.kind != "refund":
         return _ignored("no refund of this payment awaits an outcome")
     assert pending.amount is not None
@@ -391,6 +398,40 @@ def _plan_refund(payment: Payment, update: WebhookUpdate, now: datetime) -> Webh
             message="reported by webhook",
         )
     return WebhookPlan(WebhookStatus.APPLIED, (event,))
+
+
+def _refund_made_at_the_gateway(
+    payment: Payment, update: WebhookUpdate, now: datetime
+) -> WebhookPlan:
+    """A refund AegisPay did not ask for (made in the gateway's dashboard, or by its support):
+    recorded as a refund of its own - requested and succeeded in one change - so the payment's
+    refunded amount and state say what the customer got back. Only when it cannot be one
+    already recorded: it must carry its reference, and every recorded refund must have one."""
+    reference, amount = update.refund_reference, update.amount
+    if reference is None or amount is None:
+        return _ignored(
+            "a refund AegisPay did not ask for, reported without its reference or amount"
+        )
+    if any(r.succeeded and r.gateway_reference is None for r in payment.refunds):
+        return _ignored(
+            "a recorded refund has no gateway reference: this report may be that refund"
+        )
+    if payment.state not in (S.COMPLETED, S.PARTIALLY_REFUNDED):
+        return _rejected(f"a refund reported on a {payment.state.value} payment")
+    refundable = payment.refundable_amount
+    if not 0 < amount.minor <= refundable.minor:
+        return _rejected(f"a refund of {amount} reported where {refundable} is refundable")
+    number, key = len(payment.refunds) + 1, f"{payment.id}-refund-at-gateway-{reference}"
+    reason = "made at the gateway (reported by webhook)"
+    requested = ev.RefundRequested(
+        **_common(payment, now), refund_no=number, amount=amount, idempotency_key=key,
+        reason=reason,
+    )  # fmt: skip
+    refunded = ev.RefundSucceeded(
+        **_common(payment, now, offset=1), refund_no=number, amount=amount,
+        idempotency_key=key, gateway_reference=reference, reason=reason,
+    )  # fmt: skip
+    return WebhookPlan(WebhookStatus.APPLIED, (requested, refunded))
 
 
 _Planner = Callable[[Payment, Attempt, WebhookUpdate, datetime], WebhookPlan]

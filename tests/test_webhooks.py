@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import attrs
 import pytest
 from aegispay import Money, OutcomeUnknown, PaymentRequest, PaymentState
 from aegispay import events as ev
@@ -295,6 +296,63 @@ async def test_refund_whose_answer_was_lost_is_settled_by_webhook() -> None:
         control, WebhookKind.REFUND_FAILED, payment, amount_minor=2000, refund_reference="re_1"
     )
     assert (await service.handle_webhook(GW, headers, body)).status is WebhookStatus.REJECTED
+
+
+async def test_a_refund_made_at_the_gateway_is_recorded_once() -> None:
+    """A refund issued in the gateway's dashboard (AegisPay never asked for it) still gave the
+    customer money back: the payment records it, with the gateway's reference, exactly once."""
+    gateway = _gateway()
+    control = gateway.control()
+    service = _service(gateway)
+    payment = await service.pay(PaymentRequest(Money(5000, USD)))
+    ours = await service.refund(payment.id, Money(1000, USD))  # one of ours first
+    assert ours.refunds[-1].gateway_reference is not None
+
+    def dashboard(minor: int, reference: str) -> tuple[Any, bytes]:
+        return _hook(
+            control, WebhookKind.REFUND_SUCCEEDED, payment, amount_minor=minor,
+            refund_reference=reference,
+        )  # fmt: skip
+
+    result = await service.handle_webhook(GW, *dashboard(1500, "re_dashboard"))
+    assert (result.status, result.state) == (WebhookStatus.APPLIED, S.PARTIALLY_REFUNDED)
+    after = await service.get_payment(payment.id)
+    assert after.refunded == Money(2500, USD) and after.pending is None
+    made = after.refunds[-1]
+    assert (made.number, made.amount, made.gateway_reference) == (
+        2,
+        Money(1500, USD),
+        "re_dashboard",
+    )
+    assert made.succeeded and "gateway" in (made.reason or "")
+    # Reported again (a new event id): already recorded.
+    again = await service.handle_webhook(GW, *dashboard(1500, "re_dashboard"))
+    assert again.status is WebhookStatus.IGNORED and "already recorded" in again.reason
+    # More than is left to refund: a report AegisPay cannot square with the payment.
+    too_much = await service.handle_webhook(GW, *dashboard(2600, "re_other"))
+    assert too_much.status is WebhookStatus.REJECTED and "refundable" in too_much.reason
+    # The rest, refunded at the gateway: the payment is fully refunded, and still replays.
+    rest = await service.handle_webhook(GW, *dashboard(2500, "re_rest"))
+    assert (rest.status, rest.state) == (WebhookStatus.APPLIED, S.REFUNDED)
+    assert replay(await service.store.events(payment.id)) == await service.get_payment(payment.id)
+
+
+def test_a_gateway_refund_that_may_be_one_already_recorded_is_left_alone() -> None:
+    """Only a refund that cannot be one of ours is recorded as made at the gateway: without a
+    reference, or while a recorded refund lacks one, it is ignored; a failed one changes nothing."""
+    payment = _history(S.PARTIALLY_REFUNDED)  # refund 1 recorded with reference re_1
+    base = WebhookUpdate("e", WebhookKind.REFUND_SUCCEEDED, REF, payment.id, Money(500, USD))
+    no_reference = plan_webhook(payment, GW, base, T0)
+    assert no_reference.status is WebhookStatus.IGNORED and no_reference.events == ()
+    failed = attrs.evolve(base, kind=WebhookKind.REFUND_FAILED, refund_reference="re_9")
+    assert plan_webhook(payment, GW, failed, T0).status is WebhookStatus.IGNORED
+    unreferenced = attrs.evolve(
+        payment, refunds=(attrs.evolve(payment.refunds[0], gateway_reference=None),)
+    )
+    maybe_ours = attrs.evolve(base, refund_reference="re_9")
+    plan = plan_webhook(unreferenced, GW, maybe_ours, T0)
+    assert plan.status is WebhookStatus.IGNORED and "no gateway reference" in plan.reason
+    assert plan_webhook(payment, GW, maybe_ours, T0).status is WebhookStatus.APPLIED
 
 
 async def test_concurrent_deliveries_of_one_event_apply_once() -> None:
