@@ -110,6 +110,31 @@ def _sqlite_baseline(path: str, payments: int) -> float:
     return payments / elapsed
 
 
+def local_server_cpu_s(name: str = "postgres", proc: str = "/proc") -> float | None:
+    """CPU seconds used so far by this machine's processes named ``name`` (``/proc``: Linux),
+    exited children included (a server's exited backends count in their parent's), or None
+    where that cannot be read. The difference over a run is the database server's CPU for it
+    when the server runs here - alone, or the figure includes the other work it did."""
+    try:
+        entries = [entry for entry in os.listdir(proc) if entry.isdigit()]
+        ticks = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, AttributeError):
+        return None
+    total, found = 0, False
+    for entry in entries:
+        try:
+            with open(os.path.join(proc, entry, "stat"), encoding="utf-8") as stat:
+                text = stat.read()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        command = text[text.index("(") + 1 : text.rindex(")")]
+        if command.startswith(name):
+            fields = text[text.rindex(")") + 2 :].split()
+            total += sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
+            found = True
+    return total / ticks if found else None
+
+
 def store_benchmark(url: str, payments: int = 10_000, concurrency: int = 1000) -> dict[str, Any]:
     """The full create + process path on ``url`` (zero-latency gateways) and the baseline."""
     import secrets
@@ -156,7 +181,9 @@ def store_benchmark(url: str, payments: int = 10_000, concurrency: int = 1000) -
         if schema is not None:
             await with_schema(f'CREATE SCHEMA "{schema}"')
         try:
+            server_started = local_server_cpu_s() if postgres else None
             report = await full_path()
+            server_ended = local_server_cpu_s() if postgres else None
             raw = await baseline()
         finally:
             if schema is not None:
@@ -168,6 +195,15 @@ def store_benchmark(url: str, payments: int = 10_000, concurrency: int = 1000) -
             "full_path_latency_ms": report["latency_ms"],
             "duplicate_charges": report.get("duplicate_charges"),
             "replay_mismatches": report["replay_mismatches"],
+            # CPU per payment: this process over the timed run; a PostgreSQL server on this
+            # machine (if there is one to read; else null) over the whole full-path run, its
+            # schema upgrade and the audit's reads included.
+            "client_cpu_us_per_payment": report["cpu_us_per_payment"],
+            "server_cpu_us_per_payment": (
+                round((server_ended - server_started) / payments * 1e6, 1)
+                if server_started is not None and server_ended is not None
+                else None
+            ),
             "raw_driver_baseline_per_s": round(raw, 1),
             "baseline": "the same rows, 3 transactions per payment, bare driver"
             + (" (asyncpg, 64 connections)" if postgres else " (sqlite3, WAL, synchronous=NORMAL)"),

@@ -238,3 +238,26 @@ def test_simulate_fails_when_the_store_fails_payments(tmp_path: Path) -> None:
     report = json.loads(result.stdout)
     assert report["store_errors"] == 5
     assert "5 payment(s) failed with a store error" in result.stderr
+
+
+def test_bench_reads_a_local_servers_cpu_from_proc(tmp_path: Path) -> None:
+    """``bench --store``'s server figure: the named processes' own and reaped children's CPU
+    (utime, stime, cutime, cstime), others ignored; None where nothing can be read."""
+    import os
+
+    from aegispay.benchmark_store import local_server_cpu_s
+
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def process(pid: int, command: str, times: tuple[int, int, int, int]) -> None:
+        (tmp_path / str(pid)).mkdir()
+        fields = ["S", *["0"] * 10, *map(str, times), *["0"] * 30]  # state, then field 4 on
+        (tmp_path / str(pid) / "stat").write_text(f"{pid} ({command}) {' '.join(fields)}\n")
+
+    process(10, "postgres", (100, 50, 20, 5))
+    process(11, "postgres: walwriter", (1, 2, 0, 0))  # a postgres child: counted
+    process(12, "python3", (1000, 1000, 0, 0))  # not a postgres process
+    (tmp_path / "self").mkdir()  # not a pid
+    assert local_server_cpu_s(proc=str(tmp_path)) == pytest.approx(178 / ticks)
+    assert local_server_cpu_s("redis-server", proc=str(tmp_path)) is None
+    assert local_server_cpu_s(proc=str(tmp_path / "missing")) is None
