@@ -50,6 +50,19 @@ _positive = positive
 _not_negative = not_negative
 
 
+def _lock_lease(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if value < 3:  # the Redis lease is renewed at a third of it, in whole milliseconds
+        raise ValueError(f"{attribute.name}: must be at least 3 (ms), got {value!r}")
+
+
+def _fence_retention(instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
+    lease_ms = instance.lock_lease_ms
+    if value * 1000 <= lease_ms:
+        raise ValueError(
+            f"{attribute.name}: must be longer than lock_lease_ms ({lease_ms} ms), got {value!r}"
+        )
+
+
 def _rate(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if not 0.0 < value <= 1.0:
         raise ValueError(f"{attribute.name}: must be above 0 and at most 1, got {value!r}")
@@ -231,6 +244,10 @@ class EngineSettings:
 
     gateway_timeout_s: float = attrs.field(default=10.0, validator=_positive)
     lock_timeout_s: float = attrs.field(default=30.0, validator=_positive)
+    # Redis locks (a redis:// lock URL): the lease, renewed while its holder works, and how
+    # long a payment's fencing counter outlives its last grant (aegispay.locks.redis).
+    lock_lease_ms: int = attrs.field(default=10_000, validator=_lock_lease)
+    lock_fence_retention_s: int = attrs.field(default=3600, validator=_fence_retention)
     # Immediate status lookups after an UNKNOWN outcome before leaving it to reconciliation.
     status_lookups: int = 3
     idempotency_ttl_s: int = attrs.field(default=86_400, validator=_positive)

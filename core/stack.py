@@ -19,7 +19,7 @@ from .locks.base import LockManager
 from .locks.memory import MemoryLockManager
 from .pluginmanager import PluginHost, make_plugin_host
 from .service import PaymentService, utc_now
-from .settings import DEFAULT_STORE, Settings
+from .settings import DEFAULT_STORE, EngineSettings, Settings
 from .store.base import PaymentStore
 from .store.memory import MemoryStore
 from .urls import safe_url
@@ -43,16 +43,23 @@ def open_store(url: str, *, migrate: bool = False) -> PaymentStore:
     )
 
 
-def open_locks(url: str | None) -> LockManager:
+def open_locks(url: str | None, engine: EngineSettings | None = None) -> LockManager:
     """In-process locks when ``url`` is unset or ``memory://``; Redis for ``redis://`` and
-    ``rediss://`` (many workers on one Redis, with fencing tokens; asyncio only)."""
+    ``rediss://`` (many workers on one Redis, with fencing tokens; asyncio only), with the
+    lease and fencing-counter retention of ``engine`` (``[engine] lock_lease_ms``,
+    ``lock_fence_retention_s``)."""
     scheme = urlsplit(url).scheme if url else ""
     if scheme in ("memory", ""):
         return MemoryLockManager()
     if scheme in ("redis", "rediss"):
         from .locks.redis import RedisLockManager
 
-        return RedisLockManager(url or "")
+        engine = engine or EngineSettings()
+        return RedisLockManager(
+            url or "",
+            lease_ms=engine.lock_lease_ms,
+            fence_retention_s=engine.lock_fence_retention_s,
+        )
     raise ConfigError(
         f"lock: unsupported URL {safe_url(url or '')!r} (supported: memory://, redis://, "
         "or leave unset)"
@@ -102,7 +109,7 @@ def build_service(
         store=store
         if store is not None
         else open_store(settings.store, migrate=settings.store == DEFAULT_STORE),
-        locks=locks if locks is not None else open_locks(settings.lock),
+        locks=locks if locks is not None else open_locks(settings.lock, settings.engine),
         host=host,
         engine=settings.engine,
         clock=clock,

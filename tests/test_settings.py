@@ -448,3 +448,33 @@ def test_a_misspelt_aegispay_variable_is_an_error_not_ignored() -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(env={"AEGISPAY_STOR": "memory://"})
     assert "stor" in str(info.value)
+
+
+def test_redis_lock_lease_and_fence_retention_come_from_the_engine_settings() -> None:
+    from aegispay.locks.redis import RedisLockManager
+    from aegispay.stack import open_locks
+
+    settings = settings_from_dict(
+        {"engine": {"lock_lease_ms": 5000, "lock_fence_retention_s": 600}}
+    )
+    locks = open_locks("redis://127.0.0.1:6379/0", settings.engine)  # connects lazily
+    assert isinstance(locks, RedisLockManager)
+    assert (locks.lease_ms, locks.fence_retention_s) == (5000, 600)
+    defaults = open_locks("redis://127.0.0.1:6379/0")
+    assert isinstance(defaults, RedisLockManager)
+    assert (defaults.lease_ms, defaults.fence_retention_s) == (10_000, 3600)
+
+
+@pytest.mark.parametrize(
+    ("engine", "key", "why"),
+    [
+        ({"lock_lease_ms": 2}, "lock_lease_ms", "at least 3"),
+        ({"lock_lease_ms": 20_000, "lock_fence_retention_s": 20}, "lock_fence_retention_s",
+         "longer than lock_lease_ms (20000 ms)"),
+    ],
+)  # fmt: skip
+def test_lock_settings_that_cannot_work_are_refused(
+    engine: dict[str, Any], key: str, why: str
+) -> None:
+    message = config_error({"engine": engine})
+    assert f"settings.engine: {key}: must be {why}" in message
