@@ -19,6 +19,7 @@ import pytest
 import sqlalchemy as sa
 from _services import POSTGRES_URL, service_unavailable
 from aegispay.errors import StoreError
+from aegispay.serialization import make_converter
 from aegispay.store import migrations
 from aegispay.store.base import is_unsettled
 from aegispay.store.sql import SqlStore, _upgrade, metadata, normalise_url, payment_events
@@ -292,7 +293,7 @@ async def test_upgrade_fills_in_what_the_janitor_reads(make_store: Factory) -> N
     for n, payment_id in ((1, "pay_initiated"), (2, "pay_processing"), (7, "pay_captured"),
                           (len(events), "pay_refund_pending")):  # fmt: skip
         payment = fold(None, [attrs.evolve(e, payment_id=payment_id) for e in events[:n]])
-        data = orjson.dumps(store._converter.unstructure(payment)).decode()
+        data = orjson.dumps(make_converter().unstructure(payment)).decode()
         rows.append({"id": payment_id, "version": payment.version, "state": payment.state.value,
                      "fence": 0, "data": data})  # fmt: skip
         expected[payment_id] = (is_unsettled(payment), payment.updated_at)

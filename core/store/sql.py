@@ -45,7 +45,7 @@ from ..errors import (
 from ..events import Event
 from ..outbox import OutboxCounts, OutboxFailure, OutboxMessage, OutboxSettled
 from ..payment import Payment
-from ..serialization import EventTypes, make_converter, payment_from_json, payment_to_json
+from ..serialization import EventTypes, payment_from_json, payment_to_json
 from ..urls import safe_url
 from . import migrations
 from .base import (
@@ -197,7 +197,6 @@ class SqlStore:
         self._schema = schema
         self._schema_checked = False
         self._event_types = event_types or EventTypes()
-        self._converter = make_converter()
         self._listeners: list[Callable[[], None]] = []
         self._sqlite = self._url.get_backend_name() == "sqlite"
         memory = self._sqlite and self._url.database in (None, "", ":memory:")

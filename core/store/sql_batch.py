@@ -126,8 +126,8 @@ def decide(
     """The changes left to the per-change path, and each update's new fence.
 
     ``current``: the (locked) version and fence of the updated payments; ``taken``: the
-    idempotency keys that exist. As ``sql_batch.write_batch`` decides: versions and fences
-    first, then the claims of the changes still standing."""
+    idempotency keys that exist. Versions and fences first, then the claims of the changes
+    still standing. Both write paths (``write_batch``, ``sql_direct``) decide with it."""
     deferred: set[int] = set()
     fences: dict[int, int] = {}
     for i, change in enumerate(changes):
@@ -213,10 +213,26 @@ def _advance_claim(claim: dict[str, Any], step: IdempotencyProgress) -> None:
 
 
 # The version guard stays even though the rows were checked (and are locked): belt and braces.
-_UPDATE_SQLITE = (
+SQLITE_UPDATE = (
     "UPDATE payments SET version = ?, state = ?, data = ?, fence = ?, unsettled = ?,"
     " updated_at = ? WHERE id = ? AND version = ?"
 )
+# A key's recovery point moved forward (values: ``step_row``), guarded as ``advance_keys`` says.
+SQLITE_ADVANCE = (
+    "UPDATE idempotency_keys SET recovery_point = ?, state = ?, locked_at = ?"
+    f" WHERE scope = ? AND key = ? AND payment_id = ? AND state = '{IN_FLIGHT}'"
+    f" AND recovery_point IN ({', '.join('?' for _ in RECOVERY_POINTS)})"
+)
+
+
+def step_row(step: IdempotencyProgress) -> tuple[Any, ...]:
+    """An advance's values: point, state, locked_at, scope, key, payment_id, then the points
+    it may move from (this one and those before it, repeated to a fixed arity)."""
+    earlier = RECOVERY_POINTS[: RECOVERY_POINTS.index(step.recovery_point) + 1]
+    earlier = (earlier * len(RECOVERY_POINTS))[: len(RECOVERY_POINTS)]
+    locked_at = step.at if step.state == IN_FLIGHT else None
+    return (step.recovery_point, step.state, locked_at, step.scope, step.key, step.payment_id,
+            *earlier)  # fmt: skip
 
 
 async def write_batch(
@@ -257,7 +273,7 @@ async def write_batch(
              _bind_sqlite(p["updated_at"]), p["id"], p["expected"])
             for p in rows.updated
         ]  # fmt: skip
-        await conn.exec_driver_sql(_UPDATE_SQLITE, values)
+        await conn.exec_driver_sql(SQLITE_UPDATE, values)
     await insert_many(conn, payment_events, rows.history, postgres=False)
     await insert_many(conn, outbox, rows.messages, postgres=False)
     upsert = ATTEMPT_UPSERT
@@ -325,13 +341,7 @@ async def advance_keys(
     """Move idempotency records forward, each guarded (in flight, this payment, at the new
     point or before it); True for those that moved. Driver-level statements: compiling one
     SQLAlchemy UPDATE per step cost more than the rest of a payment's writes."""
-    rows = []
-    for step in steps:
-        earlier = RECOVERY_POINTS[: RECOVERY_POINTS.index(step.recovery_point) + 1]
-        earlier = (earlier * len(RECOVERY_POINTS))[: len(RECOVERY_POINTS)]  # fixed arity
-        locked_at = step.at if step.state == IN_FLIGHT else None
-        rows.append((step.recovery_point, step.state, locked_at, step.scope, step.key,
-                     step.payment_id, *earlier))  # fmt: skip
+    rows = [step_row(step) for step in steps]
     points = len(RECOVERY_POINTS)
     if postgres:
         columns = [list(column) for column in zip(*rows, strict=True)]
@@ -350,17 +360,11 @@ async def advance_keys(
         )
         done = {(row.scope, row.key) for row in moved}
         return [(step.scope, step.key) in done for step in steps]
-    marks = ", ".join("?" for _ in range(points))
-    sql = (
-        "UPDATE idempotency_keys SET recovery_point = ?, state = ?, locked_at = ?"
-        f" WHERE scope = ? AND key = ? AND payment_id = ? AND state = '{IN_FLIGHT}'"
-        f" AND recovery_point IN ({marks})"
-    )
     bound = [tuple(_bind_sqlite(v) for v in row) for row in rows]
     if not results:  # one executemany: which steps applied is not wanted (group commit)
-        await conn.exec_driver_sql(sql, bound)
+        await conn.exec_driver_sql(SQLITE_ADVANCE, bound)
         return []
-    return [(await conn.exec_driver_sql(sql, values)).rowcount == 1 for values in bound]
+    return [(await conn.exec_driver_sql(SQLITE_ADVANCE, values)).rowcount == 1 for values in bound]
 
 
 def _pg_array(table: sa.Table, column: str) -> str:

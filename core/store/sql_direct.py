@@ -39,7 +39,16 @@ import asyncpg  # type: ignore[import-untyped]
 import orjson
 
 from .base import IN_FLIGHT, RECOVERY_POINTS, Change, IdempotencyProgress
-from .sql_batch import Prepared, RedoAll, decide, kept, sqlite_keys_query
+from .sql_batch import (
+    SQLITE_ADVANCE,
+    SQLITE_UPDATE,
+    Prepared,
+    RedoAll,
+    decide,
+    kept,
+    sqlite_keys_query,
+    step_row,
+)
 
 # The row builders' keys (``SqlStore._projection_row`` and friends), in statement order. A
 # test checks them against the builders, so a new column cannot be dropped silently here.
@@ -58,16 +67,6 @@ _TIMES = {
     "outbox": (),
     "payment_attempts": ("updated_at",),
 }
-
-
-def _step_row(step: IdempotencyProgress) -> tuple[Any, ...]:
-    """An advance's values: point, state, locked_at, scope, key, payment_id, then the points
-    it may move from (this one and those before it, repeated to a fixed arity)."""
-    earlier = RECOVERY_POINTS[: RECOVERY_POINTS.index(step.recovery_point) + 1]
-    earlier = (earlier * len(RECOVERY_POINTS))[: len(RECOVERY_POINTS)]
-    locked_at = step.at if step.state == IN_FLIGHT else None
-    return (step.recovery_point, step.state, locked_at, step.scope, step.key, step.payment_id,
-            *earlier)  # fmt: skip
 
 
 # -- PostgreSQL --------------------------------------------------------------------------------
@@ -154,7 +153,7 @@ _STEP_NAMES = ("point", "state", "locked_at", "scope", "key", "payment_id",
 
 def _pg_steps(steps: Sequence[IdempotencyProgress]) -> str:
     names = _STEP_NAMES
-    return _pg_json([dict(zip(names, _step_row(s), strict=True)) for s in steps], ("locked_at",))
+    return _pg_json([dict(zip(names, step_row(s), strict=True)) for s in steps], ("locked_at",))
 
 
 async def write_postgres(db: Any, changes: Sequence[Change], prepared: Prepared) -> set[int]:
@@ -228,10 +227,6 @@ def _sqlite_insert(table: str, columns: Sequence[str], suffix: str = "") -> str:
 
 _SQLITE_CLAIM = _sqlite_insert("idempotency_keys", CLAIM_COLUMNS)
 _SQLITE_CREATE = _sqlite_insert("payments", PAYMENT_COLUMNS)
-_SQLITE_UPDATE = (
-    "UPDATE payments SET version = ?, state = ?, data = ?, fence = ?, unsettled = ?,"
-    " updated_at = ? WHERE id = ? AND version = ?"
-)
 _SQLITE_EVENTS = _sqlite_insert("payment_events", EVENT_COLUMNS)
 _SQLITE_OUTBOX = _sqlite_insert("outbox", OUTBOX_COLUMNS)
 _SQLITE_ATTEMPTS = _sqlite_insert(
@@ -240,15 +235,10 @@ _SQLITE_ATTEMPTS = _sqlite_insert(
     " ON CONFLICT (payment_id, attempt_no) DO UPDATE SET outcome = excluded.outcome,"
     " gateway_reference = excluded.gateway_reference, updated_at = excluded.updated_at",
 )
-SQLITE_ADVANCE = (
-    "UPDATE idempotency_keys SET recovery_point = ?, state = ?, locked_at = ?"
-    f" WHERE scope = ? AND key = ? AND payment_id = ? AND state = '{IN_FLIGHT}'"
-    f" AND recovery_point IN ({', '.join('?' for _ in RECOVERY_POINTS)})"
-)
 
 
 def sqlite_step(step: IdempotencyProgress) -> tuple[Any, ...]:
-    row = _step_row(step)
+    row = step_row(step)
     return (*row[:2], sqlite_time(row[2]), *row[3:])
 
 
@@ -306,7 +296,7 @@ def _write_sqlite(
              sqlite_time(p["updated_at"]), p["id"], p["expected"])
             for p in rows.updated
         ]  # fmt: skip
-        db.executemany(_SQLITE_UPDATE, updated)
+        db.executemany(SQLITE_UPDATE, updated)
     if rows.history:
         values = _sqlite_values(rows.history, EVENT_COLUMNS, _TIMES["payment_events"])
         db.executemany(_SQLITE_EVENTS, values)
