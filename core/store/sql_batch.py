@@ -389,10 +389,19 @@ def _bind_postgres(value: Any) -> Any:
     return value
 
 
+def sqlite_time(value: datetime | None) -> str | None:
+    """As SQLAlchemy's SQLite DATETIME stores it (``_UtcDateTime`` converts to UTC first):
+    ``YYYY-MM-DD HH:MM:SS.ffffff``, which compares correctly as text."""
+    if value is None:
+        return None
+    if value.tzinfo is not UTC:  # the clock's datetimes are UTC already: no conversion
+        value = value.astimezone(UTC)
+    return value.isoformat(" ", "microseconds")[:26]  # without the "+00:00"
+
+
 def _bind_sqlite(value: Any) -> Any:
-    # As SQLAlchemy's SQLite DATETIME stores them (``_UtcDateTime`` converts to UTC first).
     if isinstance(value, datetime):
-        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+        return sqlite_time(value)
     if isinstance(value, bool):
         return int(value)
     return value

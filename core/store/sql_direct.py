@@ -47,6 +47,7 @@ from .sql_batch import (
     decide,
     kept,
     sqlite_keys_query,
+    sqlite_time,
     step_row,
 )
 
@@ -191,16 +192,6 @@ async def write_postgres(db: Any, changes: Sequence[Change], prepared: Prepared)
 
 
 # -- SQLite ------------------------------------------------------------------------------------
-
-
-def sqlite_time(value: datetime | None) -> str | None:
-    """As SQLAlchemy's SQLite DATETIME stores it (``_UtcDateTime`` converts to UTC first):
-    ``YYYY-MM-DD HH:MM:SS.ffffff``, which compares correctly as text."""
-    if value is None:
-        return None
-    if value.tzinfo is not UTC:  # the clock's datetimes are UTC already: no conversion
-        value = value.astimezone(UTC)
-    return value.isoformat(" ", "microseconds")[:26]  # without the "+00:00"
 
 
 def _sqlite_values(

@@ -19,7 +19,7 @@ import asyncpg  # type: ignore[import-untyped]
 import orjson
 
 from ..outbox import OutboxMessage, OutboxSettled
-from .sql_direct import sqlite_time
+from .sql_batch import sqlite_time
 
 _T = TypeVar("_T")
 
