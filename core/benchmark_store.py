@@ -1,68 +1,184 @@
-"""``aegispay bench --store URL``: the full path on a durable store beside a raw-driver baseline.
+"""``aegispay bench --store URL``: the full path on a durable store beside baselines of its SQL.
 
-The baseline writes what a payment writes - the same tables, the same rows and indexes, three
-state changes per payment (create with its idempotency key; the intent; the result with its
-two events), each one transaction as the issue's "one transaction per payment" ceiling -
-through the bare driver (asyncpg with 64 connections in flight; sqlite3 on one connection,
-SQLite having one writer), with no engine, no plugins, no relay. Both run in the same process
-and minute, on a fresh schema, so their ratio is what the figures mean. Nothing asserts a
-target: the figures and the commands go into docs/benchmarks.md.
-"""
+The baselines write what a payment writes (:func:`payment_transactions`): the same tables,
+rows and indexes, one transaction per state change - the issue's "one transaction per payment"
+ceiling, a payment being two changes here - and one for the relay's publish mark, with no
+engine, no plugins, no leases. They run in the same process and minute as the full path, on
+the same schema, so the ratios are what the figures mean:
+
+* the raw driver from Python: asyncpg with 64 connections in flight; sqlite3 on one
+  connection (SQLite has one writer);
+* on PostgreSQL, ``pgbench`` (its C client, where it is on PATH) running the same SQL as a
+  script: the server's own ceiling for that SQL, with no Python in the way;
+* the same full path on the in-memory store: the engine's ceiling in one process, which a
+  durable store can only lower.
+
+Nothing asserts a target: the figures and the commands go into docs/benchmarks.md."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import re
 import sqlite3
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy.engine import make_url
 
 from .settings import Settings
 
-_EVENT = orjson.dumps({"type": "x", "payload": "y" * 300}).decode()
-_PROJECTION = orjson.dumps({"id": "p", "payload": "z" * 700}).decode()
+# The sizes the simulation's rows have (measured: projections ~830 characters of JSON,
+# events ~340, a key's stored response ~570).
+_EVENT = orjson.dumps({"type": "x", "payload": "y" * 320}).decode()
+_PROJECTION = orjson.dumps({"id": "p", "payload": "z" * 800}).decode()
+_RESPONSE = orjson.dumps({"id": "p", "payload": "z" * 550}).decode()
 
 
-def _changes(i: int, now: datetime) -> list[list[tuple[str, tuple[Any, ...]]]]:
-    """The statements of one payment's three state changes (one list per transaction)."""
-    pid = f"bench_{os.getpid()}_{i}"
-    later = now + timedelta(days=1)
-    event = "INSERT INTO payment_events (payment_id, version, event_id, type, occurred_at, data)"
-    box = "INSERT INTO outbox (message_id, payment_id, sequence, attempts, parked)"
-    update = "UPDATE payments SET version = {v}, state = 's', data = {d} WHERE id = {i}"
+class _Id(NamedTuple):
+    """The payment's id, with ``suffix`` appended (event, message and attempt ids)."""
 
-    def events(*versions: int) -> list[tuple[str, tuple[Any, ...]]]:
-        rows: list[tuple[str, tuple[Any, ...]]] = []
+    suffix: str = ""
+
+
+class _Now(NamedTuple):
+    """The run's clock, ``days`` later (the key's expiry)."""
+
+    days: int = 0
+
+
+_Value = str | int | bool | None | _Id | _Now
+Statement = tuple[str, tuple[_Value, ...]]
+
+_KEY = ("INSERT INTO idempotency_keys (scope, key, fingerprint, payment_id, response,"
+        " created_at, expires_at, state, recovery_point, locked_at)")  # fmt: skip
+_PAYMENT = "INSERT INTO payments (id, version, state, fence, data, unsettled, updated_at)"
+_EVENT_ROW = "INSERT INTO payment_events (payment_id, version, event_id, type, occurred_at, data)"
+_MESSAGE = "INSERT INTO outbox (message_id, payment_id, sequence, attempts, parked)"
+_ATTEMPT = ("INSERT INTO payment_attempts (payment_id, attempt_no, gateway, idempotency_key,"
+            " outcome, gateway_reference, updated_at)")  # fmt: skip
+_ATTEMPT_UPSERT = (" ON CONFLICT (payment_id, attempt_no) DO UPDATE SET outcome ="
+                   " excluded.outcome, gateway_reference = excluded.gateway_reference,"
+                   " updated_at = excluded.updated_at")  # fmt: skip
+# UPDATEs: ``{}`` marks each placeholder, in the order of the values.
+_UPDATE = ("UPDATE payments SET version = {}, state = {}, data = {}, unsettled = {},"
+           " updated_at = {} WHERE id = {} AND version = {}")  # fmt: skip
+_ADVANCE = ("UPDATE idempotency_keys SET recovery_point = {}, state = {}, locked_at = NULL"
+            " WHERE scope = {} AND key = {} AND state = 'in_flight'")  # fmt: skip
+# By message id, as the relay settles (through the unique index; by payment id, PostgreSQL
+# ANDs in a bitmap of every pending row).
+_PUBLISH = ("UPDATE outbox SET published_at = {} WHERE message_id IN ({}, {}, {}, {})"
+            " AND published_at IS NULL")  # fmt: skip
+
+
+def payment_transactions() -> list[list[Statement]]:
+    """What one payment writes through the engine, as the baseline's transactions.
+
+    A successful payment (the common case) is two state changes, each one transaction, as
+    the engine commits them: the intent - the payment created PROCESSING with its first two
+    events, their outbox rows, its attempt and its idempotency key claimed in flight - before
+    the gateway call; then the result - the payment COMPLETED, two more events and outbox rows,
+    the attempt's outcome, the key completed. The third is the relay's: the payment's four
+    messages marked published. (The engine's relay also leases the payment and reads the
+    rows; and the simulation refunds one payment in ten: both are left out, in the
+    baseline's favour.)"""
+
+    def events(*versions: int) -> list[Statement]:
+        rows: list[Statement] = []
         for v in versions:
-            rows.append((event, (pid, v, f"{pid}-{v}", "t", now, _EVENT)))
-            rows.append((box, (f"{pid}-{v}", pid, v, 0, False)))  # refers to its event
+            rows.append((_EVENT_ROW, (_Id(), v, _Id(f"-e{v}"), "t", _Now(), _EVENT)))
+            rows.append((_MESSAGE, (_Id(f"-e{v}"), _Id(), v, 0, False)))  # refers to its event
         return rows
 
-    key = "INSERT INTO idempotency_keys (scope, key, fingerprint, payment_id, response,"
-    key += " created_at, expires_at, state, recovery_point)"
-    create = [
-        (key, ("bench", pid, "f", pid, _PROJECTION, now, later, "in_flight", "created")),
-        (
-            "INSERT INTO payments (id, version, state, fence, data)",
-            (pid, 1, "initiated", 0, _PROJECTION),
-        ),
-        *events(1),
+    key = ("bench", _Id(), "f" * 64, _Id(), _RESPONSE, _Now(), _Now(1), "in_flight",
+           "processing", _Now())  # fmt: skip
+    attempt = (_Id(), 1, "sim", _Id("-1"))
+    intent = [
+        (_KEY, key),
+        (_PAYMENT, (_Id(), 2, "processing", 0, _PROJECTION, True, _Now())),
+        *events(1, 2),
+        (_ATTEMPT, (*attempt, None, None, _Now())),
     ]
-    intent = [(update.format(v=2, d="{d}", i="{i}"), (_PROJECTION, pid)), *events(2)]
-    result = [(update.format(v=4, d="{d}", i="{i}"), (_PROJECTION, pid)), *events(3, 4)]
-    return [create, intent, result]
+    result = [
+        (_UPDATE, (4, "completed", _PROJECTION, False, _Now(), _Id(), 2)),
+        *events(3, 4),
+        (_ATTEMPT + _ATTEMPT_UPSERT, (*attempt, "succeeded", _Id("-ref"), _Now())),
+        (_ADVANCE, ("finished", "completed", "bench", _Id())),
+    ]
+    messages: tuple[_Value, ...] = tuple(_Id(f"-e{v}") for v in range(1, 5))
+    relay = [(_PUBLISH, (_Now(), *messages))]
+    return [intent, result, relay]
 
 
-def _render(statement: str, count: int, postgres: bool) -> str:
-    """Fill in the placeholders: ``$n`` for asyncpg, ``?`` for sqlite3."""
-    marks = [f"${n}" if postgres else "?" for n in range(1, count + 1)]
+def render(statement: str, count: int, marks: Sequence[str]) -> str:
+    """The statement with ``marks`` as its ``count`` placeholders."""
     if statement.startswith("UPDATE"):
-        return statement.format(d=marks[0], i=marks[1])
-    return f"{statement} VALUES ({', '.join(marks)})"
+        return statement.format(*marks[:count])
+    if _ATTEMPT_UPSERT in statement:
+        head = statement.removesuffix(_ATTEMPT_UPSERT)
+        return f"{head} VALUES ({', '.join(marks[:count])}){_ATTEMPT_UPSERT}"
+    return f"{statement} VALUES ({', '.join(marks[:count])})"
+
+
+def _bind(value: _Value, payment_id: str, now: datetime, sqlite: bool) -> Any:
+    if isinstance(value, _Id):
+        return payment_id + value.suffix
+    if isinstance(value, _Now):
+        at = now + timedelta(days=value.days)
+        return at.strftime("%Y-%m-%d %H:%M:%S.%f") if sqlite else at
+    return value
+
+
+def _literal(value: _Value) -> str:
+    """A value as pgbench script text: the payment id from the script's ``:i``."""
+    if isinstance(value, _Id):
+        return f"('b' || :i || '{value.suffix}')" if value.suffix else "('b' || :i)"
+    if isinstance(value, _Now):
+        return f"(now() + interval '{value.days} days')" if value.days else "now()"
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return "'" + value.replace("'", "''") + "'"
+
+
+def pgbench_script() -> str:
+    """The baseline's transactions as a pgbench script: one run of it is one payment."""
+    lines = ["\\set i random(1, 9000000000000000)"]  # ids: collisions are ~1e-8 likely
+    for transaction in payment_transactions():
+        lines.append("BEGIN;")
+        for statement, values in transaction:
+            lines.append(render(statement, len(values), [_literal(v) for v in values]) + ";")
+        lines.append("COMMIT;")
+    return "\n".join(lines) + "\n"
+
+
+def _templates(*, sqlite: bool) -> list[list[tuple[str, tuple[_Value, ...]]]]:
+    """The transactions with their driver's placeholders, rendered once for the whole run."""
+    return [
+        [
+            (render(statement, len(values),
+                    ["?" if sqlite else f"${n}" for n in range(1, len(values) + 1)]), values)
+            for statement, values in transaction
+        ]
+        for transaction in payment_transactions()
+    ]  # fmt: skip
+
+
+def _bound(
+    templates: list[list[tuple[str, tuple[_Value, ...]]]], i: int, now: datetime, sqlite: bool
+) -> list[list[tuple[str, tuple[Any, ...]]]]:
+    pid = f"bench_{os.getpid()}_{i}"
+    return [
+        [(sql, tuple([_bind(v, pid, now, sqlite) for v in values])) for sql, values in rows]
+        for rows in templates
+    ]
 
 
 async def _postgres_baseline(url: str, schema: str, payments: int) -> float:
@@ -74,14 +190,14 @@ async def _postgres_baseline(url: str, schema: str, payments: int) -> float:
     )
     now = datetime.now(UTC)
     queue = iter(range(payments))
+    templates = _templates(sqlite=False)
 
     async def worker() -> None:
         async with pool.acquire() as connection:
             for i in queue:
-                for change in _changes(i, now):
+                for transaction in _bound(templates, i, now, False):
                     async with connection.transaction():
-                        for statement, values in change:
-                            sql = _render(statement, len(values), postgres=True)
+                        for sql, values in transaction:
                             await connection.execute(sql, *values)
 
     started = time.perf_counter()
@@ -92,18 +208,56 @@ async def _postgres_baseline(url: str, schema: str, payments: int) -> float:
     return payments / (time.perf_counter() - started)
 
 
+def pgbench_baseline(
+    url: str, schema: str, seconds: int = 10, clients: Sequence[int] = (4, 8, 16)
+) -> dict[str, Any]:
+    """pgbench (PostgreSQL's C client) running :func:`pgbench_script` for ``seconds`` at each
+    client count; the best rate is the ceiling of one transaction per state change here.
+    ``{"per_s": None, "why": ...}`` where pgbench is not on PATH or fails."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    program = shutil.which("pgbench")
+    if program is None:
+        return {"per_s": None, "why": "pgbench is not on PATH"}
+    parsed = make_url(url)
+    environment = {**os.environ, "PGOPTIONS": f"-c search_path={schema}"}
+    if parsed.password is not None:
+        environment["PGPASSWORD"] = str(parsed.password)
+    target = []
+    for flag, value in (("-h", parsed.host), ("-p", parsed.port), ("-U", parsed.username)):
+        if value is not None:
+            target += [flag, str(value)]
+    rates: dict[int, float] = {}
+    with tempfile.NamedTemporaryFile("w", suffix=".sql") as script:
+        script.write(pgbench_script())
+        script.flush()
+        for count in clients:
+            command = [program, "-n", "-M", "prepared", "-f", script.name, "-c", str(count),
+                       "-j", "2", "-T", str(seconds), *target,
+                       parsed.database or "postgres"]  # fmt: skip
+            done = subprocess.run(command, env=environment, capture_output=True, text=True)
+            found = re.search(r"tps = ([0-9.]+) \(without initial", done.stdout)
+            if done.returncode != 0 or found is None:
+                why = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+                return {"per_s": None, "why": f"pgbench failed: {why[0]}"}
+            rates[count] = round(float(found.group(1)), 1)
+    return {"per_s": max(rates.values()), "by_clients": rates}
+
+
 def _sqlite_baseline(path: str, payments: int) -> float:
     connection = sqlite3.connect(path, isolation_level=None)
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=NORMAL")
-    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    now = datetime.now(UTC)
+    templates = _templates(sqlite=True)
     started = time.perf_counter()
     for i in range(payments):
-        for change in _changes(i, datetime.now(UTC)):
+        for transaction in _bound(templates, i, now, True):
             connection.execute("BEGIN IMMEDIATE")
-            for statement, values in change:
-                bound = tuple(now if isinstance(v, datetime) else v for v in values)
-                connection.execute(_render(statement, len(values), postgres=False), bound)
+            for sql, values in transaction:
+                connection.execute(sql, values)
             connection.execute("COMMIT")
     elapsed = time.perf_counter() - started
     connection.close()
@@ -143,7 +297,7 @@ def store_benchmark(url: str, payments: int = 10_000, concurrency: int = 1000) -
     import sqlalchemy as sa
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    from .cli import _simulation_settings
+    from .cli import _simulation_settings, _tune_gc
     from .simulation import SimulationOptions, run_simulation
     from .stack import build_service
     from .store.sql import SqlStore, normalise_url
@@ -157,11 +311,20 @@ def store_benchmark(url: str, payments: int = 10_000, concurrency: int = 1000) -
             await conn.execute(sa.text(statement))
         await engine.dispose()
 
-    async def full_path() -> dict[str, Any]:
-        store = SqlStore(url, schema=schema)
-        await store.upgrade_schema()
-        settings = _simulation_settings(Settings(), 0, None, 0.0, url)
-        service = build_service(settings, store=store)
+    async def checkpoint() -> None:
+        """Start each PostgreSQL run with the previous run's writes flushed, so that no run
+        pays for another's checkpoint (best effort: it needs superuser or pg_checkpoint)."""
+        with contextlib.suppress(sa.exc.DBAPIError):
+            await with_schema("CHECKPOINT")
+
+    async def full_path(store_url: str) -> dict[str, Any]:
+        settings = _simulation_settings(Settings(), 0, None, 0.0, store_url)
+        if store_url == "memory://":
+            service = build_service(settings)
+        else:
+            store = SqlStore(store_url, schema=schema)
+            await store.upgrade_schema()
+            service = build_service(settings, store=store)
         ledger = getattr(service.host.plugin("simulated_gateways"), "ledger", None)
         try:
             return await run_simulation(
@@ -178,13 +341,24 @@ def store_benchmark(url: str, payments: int = 10_000, concurrency: int = 1000) -
         return await anyio.to_thread.run_sync(_sqlite_baseline, path, payments)
 
     async def run() -> dict[str, Any]:
+        _tune_gc()  # as ``aegispay simulate`` runs: the figures are that command's
         if schema is not None:
             await with_schema(f'CREATE SCHEMA "{schema}"')
         try:
+            if postgres:
+                await checkpoint()
             server_started = local_server_cpu_s() if postgres else None
-            report = await full_path()
+            report = await full_path(url)
             server_ended = local_server_cpu_s() if postgres else None
             raw = await baseline()
+            if postgres:
+                await checkpoint()
+            pgbench = (
+                await anyio.to_thread.run_sync(pgbench_baseline, url, schema)
+                if schema is not None
+                else None
+            )
+            in_memory = await full_path("memory://")
         finally:
             if schema is not None:
                 await with_schema(f'DROP SCHEMA "{schema}" CASCADE')
@@ -205,9 +379,27 @@ def store_benchmark(url: str, payments: int = 10_000, concurrency: int = 1000) -
                 else None
             ),
             "raw_driver_baseline_per_s": round(raw, 1),
-            "baseline": "the same rows, 3 transactions per payment, bare driver"
+            "baseline": "the same SQL, one transaction per state change (2) and one for the"
+            " relay's publish, bare driver"
             + (" (asyncpg, 64 connections)" if postgres else " (sqlite3, WAL, synchronous=NORMAL)"),
             "ratio_to_baseline": round(report["throughput_per_s"] / raw, 3) if raw else None,
+            **(
+                {
+                    "pgbench_per_s": pgbench["per_s"],
+                    "pgbench": pgbench.get("by_clients") or pgbench.get("why"),
+                    "ratio_to_pgbench": (
+                        round(report["throughput_per_s"] / pgbench["per_s"], 3)
+                        if pgbench["per_s"]
+                        else None
+                    ),
+                }
+                if pgbench is not None
+                else {}
+            ),
+            # The same run on the in-memory store, in this process: the engine's own ceiling,
+            # which no durable store can raise (one process is one core's worth of Python).
+            "in_memory_per_s": in_memory["throughput_per_s"],
+            "in_memory_cpu_us_per_payment": in_memory["cpu_us_per_payment"],
         }
 
     return anyio.run(run)
