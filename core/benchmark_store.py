@@ -172,9 +172,13 @@ def _templates(*, sqlite: bool) -> list[list[tuple[str, tuple[_Value, ...]]]]:
 
 
 def _bound(
-    templates: list[list[tuple[str, tuple[_Value, ...]]]], i: int, now: datetime, sqlite: bool
+    templates: list[list[tuple[str, tuple[_Value, ...]]]],
+    i: int,
+    now: datetime,
+    sqlite: bool,
+    run: str = "bench",
 ) -> list[list[tuple[str, tuple[Any, ...]]]]:
-    pid = f"bench_{os.getpid()}_{i}"
+    pid = f"{run}_{os.getpid()}_{i}"
     return [
         [(sql, tuple([_bind(v, pid, now, sqlite) for v in values])) for sql, values in rows]
         for rows in templates
@@ -213,7 +217,9 @@ def pgbench_baseline(
 ) -> dict[str, Any]:
     """pgbench (PostgreSQL's C client) running :func:`pgbench_script` for ``seconds`` at each
     client count; the best rate is the ceiling of one transaction per state change here.
-    ``{"per_s": None, "why": ...}`` where pgbench is not on PATH or fails."""
+    ``server_cpu_us_per_payment``: a local server's CPU over all the runs, per payment they
+    made (null where /proc cannot tell). ``{"per_s": None, "why": ...}`` where pgbench is
+    not on PATH or fails."""
     import shutil
     import subprocess
     import tempfile
@@ -230,6 +236,8 @@ def pgbench_baseline(
         if value is not None:
             target += [flag, str(value)]
     rates: dict[int, float] = {}
+    made = 0
+    server_started = local_server_cpu_s()
     with tempfile.NamedTemporaryFile("w", suffix=".sql") as script:
         script.write(pgbench_script())
         script.flush()
@@ -243,13 +251,30 @@ def pgbench_baseline(
                 why = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
                 return {"per_s": None, "why": f"pgbench failed: {why[0]}"}
             rates[count] = round(float(found.group(1)), 1)
-    return {"per_s": max(rates.values()), "by_clients": rates}
+            processed = re.search(r"actually processed: (\d+)", done.stdout)
+            made += int(processed.group(1)) if processed else 0
+    server_ended = local_server_cpu_s()
+    server = None
+    if server_started is not None and server_ended is not None and made:
+        server = round((server_ended - server_started) / made * 1e6, 1)
+    return {"per_s": max(rates.values()), "by_clients": rates, "server_cpu_us_per_payment": server}
 
 
-def _sqlite_baseline(path: str, payments: int) -> float:
+def _sqlite_connection(path: str) -> sqlite3.Connection:
+    """A connection set up as the store sets up its own (WAL, synchronous=NORMAL, its cache and
+    checkpoint sizes)."""
+    from .store.sql import _SQLITE_FILE_TUNING
+
     connection = sqlite3.connect(path, isolation_level=None)
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=NORMAL")
+    for pragma in _SQLITE_FILE_TUNING:
+        connection.execute(pragma)
+    return connection
+
+
+def _sqlite_baseline(path: str, payments: int) -> float:
+    connection = _sqlite_connection(path)
     now = datetime.now(UTC)
     templates = _templates(sqlite=True)
     started = time.perf_counter()
@@ -262,6 +287,38 @@ def _sqlite_baseline(path: str, payments: int) -> float:
     elapsed = time.perf_counter() - started
     connection.close()
     return payments / elapsed
+
+
+def sqlite_batched_floor(path: str, payments: int, batch: int = 500) -> dict[str, float]:
+    """The same SQL written as group commit writes it, with nothing else: each transaction
+    holds ``batch`` payments' intents, the results of the ``batch`` before them and the
+    publish marks of the ones before those, one ``executemany`` per statement. Its CPU per
+    payment (rows bound from prepared tuples, SQLite's own work) is what storing a payment
+    costs at the least in this process, whatever the engine does around it."""
+    connection = _sqlite_connection(path)
+    now = datetime.now(UTC)
+    templates = _templates(sqlite=True)
+    bound = [_bound(templates, i, now, True, "floor") for i in range(payments)]  # untimed
+    starts = range(0, payments, batch)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    for step in range(len(starts) + len(templates) - 1):
+        statements: dict[str, list[tuple[Any, ...]]] = {}
+        for stage in range(len(templates)):  # intents, results, publish marks
+            if 0 <= step - stage < len(starts):
+                first = starts[step - stage]
+                for payment in bound[first : first + batch]:
+                    for sql, values in payment[stage]:
+                        statements.setdefault(sql, []).append(values)
+        connection.execute("BEGIN IMMEDIATE")
+        for sql, rows in statements.items():
+            connection.executemany(sql, rows)
+        connection.execute("COMMIT")
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    connection.close()
+    return {
+        "per_s": round(payments / elapsed, 1),
+        "cpu_us_per_payment": round(cpu / payments * 1e6, 1),
+    }
 
 
 def local_server_cpu_s(name: str = "postgres", proc: str = "/proc") -> float | None:
@@ -358,6 +415,13 @@ def store_benchmark(url: str, payments: int = 10_000, concurrency: int = 1000) -
                 if schema is not None
                 else None
             )
+            floor = (
+                None
+                if postgres
+                else await anyio.to_thread.run_sync(
+                    sqlite_batched_floor, make_url(normalise_url(url)).database or "", payments
+                )
+            )
             in_memory = await full_path("memory://")
         finally:
             if schema is not None:
@@ -387,6 +451,7 @@ def store_benchmark(url: str, payments: int = 10_000, concurrency: int = 1000) -
                 {
                     "pgbench_per_s": pgbench["per_s"],
                     "pgbench": pgbench.get("by_clients") or pgbench.get("why"),
+                    "pgbench_server_cpu_us_per_payment": pgbench.get("server_cpu_us_per_payment"),
                     "ratio_to_pgbench": (
                         round(report["throughput_per_s"] / pgbench["per_s"], 3)
                         if pgbench["per_s"]
@@ -394,6 +459,14 @@ def store_benchmark(url: str, payments: int = 10_000, concurrency: int = 1000) -
                     ),
                 }
                 if pgbench is not None
+                else {}
+            ),
+            **(
+                {
+                    "raw_batched_floor_per_s": floor["per_s"],
+                    "raw_batched_floor_cpu_us_per_payment": floor["cpu_us_per_payment"],
+                }
+                if floor is not None
                 else {}
             ),
             # The same run on the in-memory store, in this process: the engine's own ceiling,

@@ -11,7 +11,12 @@ from typing import Any
 
 import pytest
 from aegispay import Money, PaymentRequest
-from aegispay.benchmark_store import _sqlite_baseline, pgbench_baseline, pgbench_script
+from aegispay.benchmark_store import (
+    _sqlite_baseline,
+    pgbench_baseline,
+    pgbench_script,
+    sqlite_batched_floor,
+)
 from aegispay.store.sql import SqlStore
 from aegispay.testing import make_test_service
 
@@ -100,6 +105,8 @@ def test_the_pgbench_script_runs_the_same_sql(tmp_path: Path) -> None:
                 lambda: pgbench_baseline(POSTGRES_URL, schema, seconds=1, clients=(2,))
             )
             assert result["per_s"] is not None and result["per_s"] > 0, result
+            server = result["server_cpu_us_per_payment"]  # None only where /proc is unreadable
+            assert server is None or server > 0
             counts = {t: (await run(f"SELECT count(*) FROM {t}"))[0][0] for t in _TABLES}
             paid = counts["payments"]
             assert paid > 0
@@ -130,3 +137,17 @@ def test_the_pgbench_script_is_one_payment_of_three_transactions() -> None:
     assert script.count("BEGIN;") == script.count("COMMIT;") == 3
     # Values are literals or the script's ``:i``: no driver placeholders left in it.
     assert ":i" in script and "$1" not in script and "?" not in script
+
+
+async def test_the_batched_floor_ends_where_the_baseline_does(tmp_path: Path) -> None:
+    """The floor writes the same SQL batched and pipelined (5 payments, 2 per transaction:
+    intents, results and publish marks of different payments share transactions): every
+    payment ends as the per-change baseline's does."""
+    floor_db, baseline_db = tmp_path / "floor.db", tmp_path / "baseline.db"
+    for path in (floor_db, baseline_db):
+        await SqlStore(f"sqlite:///{path}").upgrade_schema()
+    figures = sqlite_batched_floor(str(floor_db), 5, batch=2)
+    assert figures["per_s"] > 0 and figures["cpu_us_per_payment"] > 0
+    _sqlite_baseline(str(baseline_db), 5)
+    assert _shape(floor_db) == _shape(baseline_db)
+    assert _shape(floor_db)["counts"]["payment_events"] == 20
