@@ -76,6 +76,7 @@ from .sql_direct import (
     write_sqlite,
 )
 from .sql_outbox import (
+    SqliteExecutor,
     _pg_claim,
     _pg_event_data,
     _pg_next_due,
@@ -84,10 +85,12 @@ from .sql_outbox import (
     _settle_params,
     _settled,
     _sqlite_claim,
+    _sqlite_claim_step,
     _sqlite_event_data,
     _sqlite_next_due,
     _sqlite_settle,
     _sqlite_settle_and_claim,
+    through_sqlalchemy,
 )
 from .sql_schema import (
     idempotency_keys,
@@ -643,27 +646,31 @@ class SqlStore:
         return await self._outbox_claim_generic(params)
 
     async def _outbox_claim_generic(self, params: dict[str, Any]) -> list[OutboxMessage]:
-        """``outbox_claim`` through SQLAlchemy: where aiosqlite lacks the direct path."""
-        limit = params["limit"]
+        """``outbox_claim`` where the direct path is missing: its own statements (one claim,
+        written once), see :meth:`_without_direct`."""
+        rows = await self._without_direct(_pg_claim, _sqlite_claim_step, params, write=True)
+        return await self._outbox_messages(rows)
+
+    async def _without_direct(
+        self,
+        postgres: Callable[[Any, dict[str, Any]], Awaitable[_T]],
+        sqlite: Callable[[SqliteExecutor, dict[str, Any]], _T],
+        params: dict[str, Any],
+        *,
+        write: bool,
+    ) -> _T:
+        """A relay step where :meth:`_outbox_direct` gave None (aiosqlite without the internals
+        it uses): on SQLite the step's statements through SQLAlchemy's connection, in its
+        transaction; PostgreSQL's steps need nothing SQLAlchemy lacks, so they run as ever."""
         with self._errors():
-            async with self._transaction(write=True) as conn:
-                claim = _CLAIM[self._sqlite]
-                claimed = list((await conn.execute(claim, params)).scalars())
-                if not claimed:
-                    return []
-                fetch = (
-                    _MESSAGES.where(_one_of(outbox.c.payment_id, claimed, self._sqlite), _PENDING)
-                    .order_by(outbox.c.seq)
-                    .limit(limit)
+            if not self._sqlite:
+                async with self._transaction(write=write, raw=True) as driver:
+                    return await postgres(driver, params)
+            async with self._transaction(write=write) as conn:
+                result: _T = await conn.run_sync(
+                    lambda sync: sqlite(through_sqlalchemy(sync), params)
                 )
-                rows = (await conn.execute(fetch)).all()
-        groups: dict[str, list[OutboxMessage]] = {}
-        for row in rows:
-            groups.setdefault(row.payment_id, []).append(self._message(row))
-        batch: list[OutboxMessage] = []
-        for messages in groups.values():
-            batch.extend(sorted(messages, key=lambda m: m.sequence))
-        return batch
+                return result
 
     async def outbox_settle(
         self,
@@ -885,7 +892,11 @@ class SqlStore:
             found = await self._outbox_direct(
                 _pg_event_data, _sqlite_event_data, params, write=False
             )
-            decode, data = self._event_types.from_json, dict(found or ())
+            if found is None:
+                found = await self._without_direct(
+                    _pg_event_data, _sqlite_event_data, params, write=False
+                )
+            decode, data = self._event_types.from_json, dict(found)
             if lost := [message_id for message_id in missing if message_id not in data]:
                 # Written in one transaction with its event, a row cannot lack it, unless
                 # someone deleted history by hand: say which, rather than a KeyError.
@@ -1087,64 +1098,6 @@ def _configure_sqlite(engine: sa.Engine, *, wal: bool) -> None:
 
 
 # -- outbox statements -------------------------------------------------------------------------
-
-
-def _outbox_claim_statement(sqlite: bool) -> Any:
-    """One statement: lease to ``:owner`` the payments of the oldest ``:limit`` pending rows
-    whose payment is neither backing off nor leased by another owner; returns their ids.
-
-    A lease row that is expired (or ``owner``'s own) is taken over; one that another relay
-    took meanwhile stays its (ON CONFLICT ... WHERE), and the payment is not returned. Rows are
-    leased in payment id order, so concurrent claims never wait on each other in a cycle.
-    Built once per dialect with bind parameters (``owner``, ``now``, ``lease_until``,
-    ``limit``): SQLAlchemy compiles it once and the driver prepares it once, where building
-    it per claim cost milliseconds a pass."""
-    owner = sa.bindparam("owner", type_=outbox_leases.c.owner.type)
-    now = sa.bindparam("now", type_=outbox_leases.c.expires_at.type)
-    lease_until = sa.bindparam("lease_until", type_=outbox_leases.c.expires_at.type)
-    row, other, lease = outbox.alias("o"), outbox.alias("b"), outbox_leases.alias("l")
-    leased_by_another = sa.exists().where(
-        lease.c.payment_id == row.c.payment_id, lease.c.owner != owner, lease.c.expires_at > now
-    )
-    # Backing off: a message of the payment waits for its next attempt. The condition names
-    # ix_outbox_backoff's predicate (``next_attempt_at IS NOT NULL AND published_at IS NULL``),
-    # so the probe reads that index - empty while sinks are healthy - and never the pending
-    # rows. (Migration 0006. Before it, an aggregate over each row's payment; and before that,
-    # a pending test in this WHERE that let PostgreSQL AND in a bitmap scan of
-    # ix_outbox_pending - every pending row, once per row looked at: O(n^2).)
-    backing_off = sa.exists().where(
-        other.c.payment_id == row.c.payment_id,
-        other.c.next_attempt_at.is_not(None),
-        other.c.published_at.is_(None),
-        other.c.parked.is_(False),
-        other.c.next_attempt_at > now,
-    )
-    oldest = (
-        sa.select(row.c.payment_id)
-        .where(row.c.published_at.is_(None), row.c.parked.is_(False))
-        .where(~leased_by_another, ~backing_off)
-        # ix_outbox_pending's own order (= seq order here): walked, not sorted, and never the
-        # primary key past every published row.
-        .order_by(row.c.published_at, row.c.parked, row.c.seq)
-        .limit(sa.bindparam("limit", type_=sa.Integer))
-        .subquery("oldest")
-    )
-    candidates = (
-        sa.select(oldest.c.payment_id, owner, lease_until)
-        .where(sa.true())  # SQLite: INSERT ... SELECT ... ON CONFLICT needs a WHERE
-        .group_by(oldest.c.payment_id)
-        .order_by(oldest.c.payment_id)
-    )
-    insert = (sqlite_insert if sqlite else postgresql_insert)(outbox_leases)
-    insert = insert.from_select(["payment_id", "owner", "expires_at"], candidates)
-    return insert.on_conflict_do_update(
-        index_elements=[outbox_leases.c.payment_id],
-        set_={"owner": insert.excluded.owner, "expires_at": insert.excluded.expires_at},
-        where=sa.or_(outbox_leases.c.expires_at <= now, outbox_leases.c.owner == owner),
-    ).returning(outbox_leases.c.payment_id)
-
-
-_CLAIM = {sqlite: _outbox_claim_statement(sqlite) for sqlite in (True, False)}
 
 
 def _one_of(column: Any, values: Sequence[Any], sqlite: bool) -> Any:

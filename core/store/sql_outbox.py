@@ -5,7 +5,9 @@ stay for settles with failures, and for an aiosqlite without the internals it ne
 PostgreSQL each step is one or two statements on the asyncpg connection, id lists travelling
 as one JSON text parameter; on SQLite each step is one transaction in one call in aiosqlite's
 thread. The semantics are those of :mod:`aegispay.outbox` (per-payment leases, ``sequence``
-order, no cursor), and the SQLAlchemy statements in ``sql.py`` are their reference.
+order, no cursor). Where aiosqlite lacks that path, the claim and the event reads run these
+same SQLite statements through SQLAlchemy's connection (:func:`through_sqlalchemy`); settles
+with failures keep SQLAlchemy statements of their own in ``sql.py``.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 import orjson
+import sqlalchemy as sa
 
 from ..outbox import OutboxMessage, OutboxSettled
 from .sql_batch import sqlite_time
@@ -25,7 +28,22 @@ _T = TypeVar("_T")
 
 
 def _oldest(sqlite: bool) -> str:
-    """``sql._outbox_claim_statement``'s "oldest" subquery (see there for why it is written so)."""
+    """The claim's candidates: the payments of the oldest ``limit`` pending rows whose payment
+    is neither leased by another owner nor backing off.
+
+    The claim (``_PG_CLAIM``, ``_SQLITE_CLAIM``) leases them to ``owner``: a lease row that is
+    expired (or ``owner``'s own) is taken over; one that another relay took meanwhile stays
+    its (ON CONFLICT ... WHERE), and the payment is not returned. Rows are leased in payment
+    id order, so concurrent claims never wait on each other in a cycle.
+
+    Backing off: a message of the payment waits for its next attempt. The condition names
+    ix_outbox_backoff's predicate (``next_attempt_at IS NOT NULL AND published_at IS NULL``),
+    so the probe reads that index - empty while sinks are healthy - and never the pending
+    rows. (Migration 0006. Before it, an aggregate over each row's payment; and before that,
+    a pending test that let PostgreSQL AND in a bitmap scan of ix_outbox_pending - every
+    pending row, once per row looked at: O(n^2).) The order is ix_outbox_pending's own
+    (= ``seq`` order here): walked, not sorted, and never the primary key past every
+    published row."""
     if sqlite:
         owner, now, limit, parked = ":owner", ":now", ":limit", "IS 0"
     else:
@@ -213,6 +231,27 @@ def _json_list(values: Sequence[str]) -> str:
     return orjson.dumps(list(values)).decode()
 
 
+class SqliteExecutor(Protocol):
+    """What the SQLite steps call: ``sqlite3.Connection.execute``'s shape."""
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> Any: ...
+
+
+def through_sqlalchemy(connection: sa.Connection) -> SqliteExecutor:
+    """A SQLAlchemy (sync, in ``run_sync``) connection as a SQLite step's executor: the
+    fallback where aiosqlite lacks the direct path runs the same statements through it,
+    in SQLAlchemy's transaction."""
+    return _ThroughSqlAlchemy(connection)
+
+
+class _ThroughSqlAlchemy:
+    def __init__(self, connection: sa.Connection) -> None:
+        self._connection = connection
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Any:
+        return self._connection.exec_driver_sql(sql, parameters)
+
+
 def _sqlite_write(db: sqlite3.Connection, step: Callable[[], _T]) -> _T:
     """``step`` in one write transaction (the write lock taken up front, as every writer)."""
     db.execute("BEGIN IMMEDIATE")
@@ -244,7 +283,7 @@ def _sqlite_settle_and_claim(
     )
 
 
-def _sqlite_claim_step(db: sqlite3.Connection, params: dict[str, Any]) -> list[Any]:
+def _sqlite_claim_step(db: SqliteExecutor, params: dict[str, Any]) -> list[Any]:
     values = {
         "owner": params["owner"],
         "now": sqlite_time(params["now"]),
@@ -255,7 +294,8 @@ def _sqlite_claim_step(db: sqlite3.Connection, params: dict[str, Any]) -> list[A
     if not claimed:
         return []
     fetch = {"payments": _json_list(claimed), "limit": params["limit"]}
-    return db.execute(_SQLITE_FETCH, fetch).fetchall()
+    rows: list[Any] = db.execute(_SQLITE_FETCH, fetch).fetchall()
+    return rows
 
 
 def _sqlite_settle_step(db: sqlite3.Connection, params: dict[str, Any]) -> tuple[int, list[str]]:
@@ -283,5 +323,6 @@ def _sqlite_datetime(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value).replace(tzinfo=UTC)
 
 
-def _sqlite_event_data(db: sqlite3.Connection, params: dict[str, Any]) -> list[Any]:
-    return db.execute(_SQLITE_EVENT_DATA, (_json_list(params["messages"]),)).fetchall()
+def _sqlite_event_data(db: SqliteExecutor, params: dict[str, Any]) -> list[Any]:
+    rows: list[Any] = db.execute(_SQLITE_EVENT_DATA, (_json_list(params["messages"]),)).fetchall()
+    return rows
