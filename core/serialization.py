@@ -44,6 +44,9 @@ class EventTypes:
     def __init__(self, types: Iterable[type[Event]] = CORE_EVENT_TYPES) -> None:
         self._by_name: dict[str, type[Event]] = {}
         self._converter = make_converter()
+        # Each class's generated codec (None: cattrs), compiled on first use: a plain dict by
+        # class, as compile_codec's own cache hashes its arguments on every call.
+        self._codecs: dict[type, Codec | None] = {}
         for event_type in types:
             self.register(event_type)
 
@@ -73,7 +76,7 @@ class EventTypes:
 
     def to_json(self, event: Event) -> bytes:
         """``to_dict`` as compact JSON (orjson), without building the dict where it can."""
-        codec = _event_codec(type(event))
+        codec = self._codec(type(event))
         if codec is not None:
             try:
                 return codec.dumps(event)
@@ -84,6 +87,13 @@ class EventTypes:
         data["event_id"] = event.event_id
         return orjson.dumps(data)
 
+    def _codec(self, event_type: type) -> Codec | None:
+        try:
+            return self._codecs[event_type]
+        except KeyError:
+            codec = self._codecs[event_type] = compile_codec(event_type, _EVENT_EXTRA)
+            return codec
+
     def from_json(self, text: str | bytes) -> Event:
         """The event that ``to_json`` (or ``to_dict`` then any JSON encoder) wrote."""
         data = orjson.loads(text)
@@ -92,7 +102,7 @@ class EventTypes:
             event_type = self._by_name.get(name) if type(name) is str else None
             if event_type is None:
                 return self.from_dict(data)  # which names the problem
-            codec = _event_codec(event_type)
+            codec = self._codec(event_type)
             if codec is not None:
                 try:
                     return codec.decode_owned(data)  # type: ignore[no-any-return]
@@ -103,7 +113,7 @@ class EventTypes:
     def from_dict(self, data: Mapping[str, Any]) -> Event:
         name = data.get("type") if type(data) is dict else None
         event_type = self._by_name.get(name) if type(name) is str else None
-        codec = _event_codec(event_type) if event_type is not None else None
+        codec = self._codec(event_type) if event_type is not None else None
         if codec is not None:
             try:
                 return codec.decode(data)  # type: ignore[no-any-return]
@@ -131,28 +141,10 @@ class EventTypes:
 _EVENT_EXTRA = (("type", "o.type_name"), ("event_id", "o.event_id"))
 
 
-_event_codecs: dict[type, Codec | None] = {}
-
-
-def _event_codec(event_type: type) -> Codec | None:
-    # A plain dict by class: compile_codec's own cache hashes its arguments on every call.
-    try:
-        return _event_codecs[event_type]
-    except KeyError:
-        codec = _event_codecs[event_type] = compile_codec(event_type, _EVENT_EXTRA)
-        return codec
-
-
 _payment_codec = compile_codec(Payment)
 assert _payment_codec is not None  # every Payment field type has a generated form
-_payment_converter: cattrs.Converter | None = None
-
-
-def _converter() -> cattrs.Converter:
-    global _payment_converter
-    if _payment_converter is None:
-        _payment_converter = make_converter()
-    return _payment_converter
+# For what the codec cannot read or write exactly (rows older than a field, odd values).
+_PAYMENT_CONVERTER = make_converter()
 
 
 def payment_to_json(payment: Payment) -> bytes:
@@ -161,7 +153,7 @@ def payment_to_json(payment: Payment) -> bytes:
     try:
         return _payment_codec.dumps(payment)
     except TypeError:  # a value not of its field's declared type: as cattrs does
-        return orjson.dumps(_converter().unstructure(payment))
+        return orjson.dumps(_PAYMENT_CONVERTER.unstructure(payment))
 
 
 def payment_from_json(text: str | bytes) -> Payment:
@@ -173,7 +165,7 @@ def payment_from_json(text: str | bytes) -> Payment:
     except Exception:
         # A row from before a field existed (cattrs applies its default), or malformed data
         # (cattrs raises as it always did).
-        return _converter().structure(orjson.loads(text), Payment)
+        return _PAYMENT_CONVERTER.structure(orjson.loads(text), Payment)
     return payment
 
 
