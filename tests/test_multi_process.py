@@ -46,6 +46,23 @@ async def _redis_ok() -> None:
         await client.aclose()
 
 
+async def _redis_forget(prefix: str) -> None:
+    """Delete the workers' lock keys and fencing counters (CI reuses this Redis)."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(REDIS_URL)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=10_000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+def _prefix(schema: str) -> str:
+    return f"aegispay:test:{schema}:"
+
+
 @pytest.fixture
 def schema() -> str:
     name = f"aegispay_mp_{uuid.uuid4().hex[:12]}"
@@ -56,6 +73,7 @@ def schema() -> str:
         service_unavailable("PostgreSQL/Redis", repr(error))
     yield name
     anyio.run(_schema, name, False, backend="asyncio")
+    anyio.run(_redis_forget, _prefix(name), backend="asyncio")
 
 
 async def _upgrade(schema: str) -> None:
@@ -78,7 +96,7 @@ async def _load(schema: str) -> dict[str, tuple[object, list[object]]]:
 def test_four_workers_one_payment_and_one_charge_per_key(schema: str, tmp_path: Path) -> None:
     anyio.run(_upgrade, schema, backend="asyncio")
     ledger = tmp_path / "ledger.db"
-    prefix = f"aegispay:test:{schema}:"
+    prefix = _prefix(schema)
     workers = [
         subprocess.Popen(
             [
@@ -125,3 +143,18 @@ def test_four_workers_one_payment_and_one_charge_per_key(schema: str, tmp_path: 
     )
     assert len(charges) == KEYS
     assert all(count == 1 for _, count in charges), charges
+    # The workers' fencing counters are there (and the fixture deletes them afterwards).
+    assert _redis_keys(prefix) > 0
+
+
+def _redis_keys(prefix: str) -> int:
+    async def count() -> int:
+        import redis.asyncio as aioredis
+
+        client = aioredis.from_url(REDIS_URL)
+        try:
+            return len([key async for key in client.scan_iter(match=f"{prefix}*", count=10_000)])
+        finally:
+            await client.aclose()
+
+    return anyio.run(count, backend="asyncio")
