@@ -261,6 +261,42 @@ async def test_0005_outbox_rows_refer_to_their_events(make_store: Factory) -> No
     assert await run_sync(store, stamped(store._schema)) == ("0004",)
 
 
+async def test_0005_rebuilds_the_outbox_where_sqlite_cannot_drop_a_column(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite before 3.35 has no DROP COLUMN: 0005 copies the table instead. This machine's
+    SQLite is newer, so the migration is told otherwise (after the engine has connected, so
+    SQLAlchemy's own feature checks saw the real version). The result must be the schema
+    the native path makes - columns, indexes (the partial one with its WHERE) - with every
+    pending message intact."""
+    store = SqlStore(f"sqlite:///{tmp_path / 'old.db'}")
+    try:
+        events, fill = _at_0004_with_outbox(store, "pay_1", orphan=False)
+        await run_sync(store, fill)
+        monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 34, 1))
+        await store.upgrade_schema()
+        monkeypatch.undo()
+
+        def diff(conn: sa.Connection) -> list[Any]:
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            return list(compare_metadata(context, metadata))
+
+        def pending_index(conn: sa.Connection) -> str:
+            found = conn.exec_driver_sql(
+                "SELECT sql FROM sqlite_master WHERE name = 'ix_outbox_pending'"
+            )
+            return str(found.scalar_one())
+
+        assert await run_sync(store, diff) == []
+        assert "WHERE published_at IS NULL" in await run_sync(store, pending_index)
+        pending = await store.outbox_pending(10)
+        assert [(m.message_id, m.sequence, m.event) for m in pending] == [
+            (e.event_id, e.version, e) for e in events
+        ]
+    finally:
+        await store.close()
+
+
 async def test_0005_refuses_to_drop_a_message_whose_event_is_missing(
     make_store: Factory,
 ) -> None:
