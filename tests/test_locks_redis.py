@@ -27,6 +27,7 @@ from aegispay.states import PaymentState
 from aegispay.store.base import Change
 from aegispay.store.memory import MemoryStore
 from aegispay.testing import ScriptedGateway, make_test_service
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 pytestmark = pytest.mark.anyio
 
@@ -214,9 +215,9 @@ class _ObservedWaits(RedisLockManager):
         super().__init__(*args, **kwargs)
         self.waiting = anyio.Event()
 
-    async def _wait_for_release(self, pubsub: Any, seconds: float) -> None:
+    async def _wait_for_release(self, released: Any, seconds: float) -> None:
         self.waiting.set()
-        await super()._wait_for_release(pubsub, seconds)
+        await super()._wait_for_release(released, seconds)
 
 
 async def test_a_waiter_wakes_on_release(prefix: str) -> None:
@@ -239,6 +240,114 @@ async def test_a_waiter_wakes_on_release(prefix: str) -> None:
         assert len(acquired) == 1 and acquired[0] > held.token
         assert anyio.current_time() - started < 5
     finally:
+        await holder.close()
+        await waiter.close()
+
+
+class _CountedWaits(RedisLockManager):
+    """Sets ``all_waiting`` once ``expected`` distinct waiters are blocked on a release."""
+
+    def __init__(self, *args: Any, expected: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.expected = expected
+        self.waiters: set[int] = set()
+        self.all_waiting = anyio.Event()
+
+    async def _wait_for_release(self, released: Any, seconds: float) -> None:
+        self.waiters.add(id(released))
+        if len(self.waiters) >= self.expected:
+            self.all_waiting.set()
+        await super()._wait_for_release(released, seconds)
+
+
+async def test_waiters_share_one_subscription(prefix: str, redis_client: aioredis.Redis) -> None:
+    """A manager's waiters watch their release channels on one subscription: 60 holders
+    queueing on 20 held payments, through a manager of only 4 connections, all get their
+    lease in turn, and Redis counts one subscriber per channel. (With a subscription of
+    their own they took the pool's connections, and the acquires and releases they waited
+    for queued behind them until the pool's timeout.)"""
+    locks = _CountedWaits(REDIS_URL, prefix=prefix, max_connections=4, expected=60)
+    keys = [f"p{n}" for n in range(20)]
+    tokens: dict[str, list[int]] = {key: [] for key in keys}
+    let_go = anyio.Event()
+
+    async def first(key: str, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        async with locks.hold(key, 5) as lease:
+            tokens[key].append(lease.token)
+            task_status.started()
+            await let_go.wait()
+
+    async def later(key: str) -> None:
+        async with locks.hold(key, 20) as lease:
+            tokens[key].append(lease.token)
+
+    try:
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for key in keys:
+                    await tg.start(first, key)
+                for n in range(60):
+                    tg.start_soon(later, keys[n % 20])
+                await locks.all_waiting.wait()
+                assert locks._watch.watched() == 20
+                for key in keys[:3]:
+                    channel = locks.channel(key)
+                    assert await redis_client.pubsub_numsub(channel) == [(channel.encode(), 1)]
+                let_go.set()
+        for key in keys:  # the first holder and its three waiters, one after another
+            assert len(tokens[key]) == 4 and tokens[key] == sorted(set(tokens[key])), tokens
+        assert locks._watch.watched() == 0
+    finally:
+        await locks.close()
+
+
+async def test_a_broken_subscription_fails_its_waiters_and_the_next_starts_afresh(
+    prefix: str, redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shared subscription's connection fails: its waiter gets StoreUnavailable (no
+    waiter is left on a dead reader), and the next waiter subscribes anew and is woken."""
+    holder = RedisLockManager(REDIS_URL, prefix=prefix)
+    waiter = _ObservedWaits(REDIS_URL, prefix=prefix)
+    held = holder.hold("k", 5)
+    await held.__aenter__()
+    failures: list[BaseException] = []
+    acquired: list[int] = []
+
+    async def wait_for_lock() -> None:
+        try:
+            async with waiter.hold("k", 5) as lease:
+                acquired.append(lease.token)
+        except StoreUnavailable as error:
+            failures.append(error)
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RedisConnectionError("connection reset by peer")
+
+    try:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait_for_lock)
+                await waiter.waiting.wait()
+                pubsub = waiter._watch._pubsub
+                # The reader is blocked in a read: a message wakes it (the waiter tries again
+                # and waits again), and its next read fails.
+                monkeypatch.setattr(pubsub, "get_message", broken)
+                await redis_client.publish(waiter.channel("k"), b"0")
+            assert len(failures) == 1 and "connection reset" in str(failures[0])
+            assert waiter._watch.watched() == 0 and waiter._watch._pubsub is None
+
+            waiter.waiting = anyio.Event()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait_for_lock)
+                await waiter.waiting.wait()
+                assert waiter._watch._pubsub not in (None, pubsub)
+                # The lease has ~10 s left and the waiter's timeout is 5 s: only the release
+                # message on the new subscription gets it the lock in time.
+                await held.__aexit__(None, None, None)
+        assert len(acquired) == 1 and len(failures) == 1
+    finally:
+        if not acquired:
+            await held.__aexit__(None, None, None)
         await holder.close()
         await waiter.close()
 

@@ -18,10 +18,11 @@ suffix means no key's lease can collide with another key's counter (a key ``"p:f
 would otherwise share a name with the counter of ``"p"``).
 
 Release and renewal compare the owner id before deleting/extending, so a holder whose lease
-expired can never remove or prolong a successor's lease. Waiters subscribe to the release
-channel and retry ``SET NX`` when woken; a lease that expires publishes nothing, so each wait
-is also bounded by the holder's remaining TTL (a poll fallback, never a tight loop). Waiters
-race when woken (no FIFO, unlike the in-process manager).
+expired can never remove or prolong a successor's lease. Waiters watch the release channel -
+all of a manager's waiters on one subscription, one connection (:mod:`.redis_release`) - and
+retry ``SET NX`` when woken; a lease that expires publishes nothing, so each wait is also
+bounded by the holder's remaining TTL (a poll fallback, never a tight loop). Waiters race
+when woken (no FIFO, unlike the in-process manager).
 
 Throughput: a worker holds one lease per payment it is working on, often a thousand at once, so
 the Python cost per lease matters as much as the round trips. Concurrent first tries and
@@ -62,6 +63,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ..errors import ConfigError, LockTimeout, StoreError, StoreUnavailable
 from ..urls import hide_password
 from .base import Lease
+from .redis_release import Release, ReleaseWatch
 
 log = logging.getLogger("aegispay.locks.redis")
 
@@ -324,7 +326,8 @@ class RedisLockManager:
         self.renew = renew
         try:
             # A blocking pool: a burst of holders queues for a connection instead of failing
-            # with "too many connections" (each waiter's pub/sub takes one more while it waits).
+            # with "too many connections" (the waiters' one subscription takes one while any
+            # waits).
             self._pool = aioredis.BlockingConnectionPool.from_url(
                 url,
                 max_connections=max_connections,
@@ -351,6 +354,8 @@ class RedisLockManager:
         self._renewer: asyncio.Task[None] | None = None
         self._renewing = False
         self._spare: list[Any] = []  # redis-py connections kept for the next script call
+        # Every waiter's release channel, on one subscription (see redis_release).
+        self._watch = ReleaseWatch(self._client, self._fail)
 
     def __repr__(self) -> str:
         return (
@@ -377,6 +382,7 @@ class RedisLockManager:
         # Releases still queued (and grants being given back) go out before the pool closes.
         await self._acquires.wait_idle()
         await self._releases.wait_idle()
+        await self._watch.close()
         try:
             while self._spare:
                 await self._pool.release(self._spare.pop())
@@ -530,15 +536,11 @@ class RedisLockManager:
         key = hold.key
         loop = asyncio.get_running_loop()
         deadline = hold._started + timeout
-        pubsub: Any = self._client.pubsub()  # redis-py's PubSub is partly untyped
-        try:
-            try:
-                await pubsub.subscribe(self.channel(key))
-            except (RedisError, OSError) as error:
-                self._fail(error)
+        async with self._watch.watching(self.channel(key)) as released:
             while True:
-                # Retry after subscribing: a release between the first try and the
-                # subscription published to nobody.
+                # Tried again once subscribed: a release between the first try and the
+                # subscription was published to nobody. A release from here on sets the event.
+                released.event.clear()
                 result = await self._try_acquire(hold)
                 if result > 0:
                     return result
@@ -547,25 +549,14 @@ class RedisLockManager:
                     raise LockTimeout(key, timeout)
                 # An expiring lease publishes nothing: wait at most its remaining TTL.
                 ttl = max(-result / 1000, _MIN_WAIT_S)
-                await self._wait_for_release(pubsub, min(remaining, ttl))
-        finally:
-            with anyio.CancelScope(shield=True):
-                try:
-                    await pubsub.aclose()
-                except (RedisError, OSError) as error:
-                    log.warning("lock %r: closing subscription failed: %s", key, error)
+                await self._wait_for_release(released, min(remaining, ttl))
 
-    async def _wait_for_release(self, pubsub: Any, seconds: float) -> None:
+    async def _wait_for_release(self, released: Release, seconds: float) -> None:
         """Block (no polling) until a release is published or ``seconds`` pass."""
-        end = anyio.current_time() + seconds
-        while (left := end - anyio.current_time()) > 0:
-            try:
-                # Returns None early for the subscribe confirmation: hence the loop.
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
-            except (RedisError, OSError) as error:
-                self._fail(error)
-            if message is not None:
-                return
+        with anyio.move_on_after(seconds):
+            await released.event.wait()
+        if released.error is not None:  # the shared subscription broke
+            self._fail(released.error)
 
     # -- releasing --------------------------------------------------------------------------
 
