@@ -20,9 +20,9 @@ would otherwise share a name with the counter of ``"p"``).
 Release and renewal compare the owner id before deleting/extending, so a holder whose lease
 expired can never remove or prolong a successor's lease. Waiters watch the release channel -
 all of a manager's waiters on one subscription, one connection (:mod:`.redis_release`) - and
-retry ``SET NX`` when woken; a lease that expires publishes nothing, so each wait is also
-bounded by the holder's remaining TTL (a poll fallback, never a tight loop). Waiters race
-when woken (no FIFO, unlike the in-process manager).
+retry ``SET NX`` when woken, one at a time in the order they came; a lease that expires
+publishes nothing, so each wait is also bounded by the holder's remaining TTL (a poll
+fallback, never a tight loop). Waiters of different processes race.
 
 Throughput: a worker holds one lease per payment it is working on, often a thousand at once, so
 the Python cost per lease matters as much as the round trips. Concurrent first tries and

@@ -5,8 +5,15 @@ it waited: a burst of waiters on contended payments could take every connection 
 manager's pool and leave none for the acquire and release calls they were waiting on. Here one
 connection carries every channel that some waiter of the manager watches. A channel is
 subscribed when its first waiter comes and unsubscribed when its last one leaves, and one
-reader task wakes a channel's waiters when a release is published on it (all of them: they
-race for the lease, as waiters in other processes do).
+reader task wakes a waiter when a release is published on it.
+
+A release wakes one waiter of the manager, the one that has waited longest: it tries for the
+lease and, if a holder in another process got it first, waits again, still first in line. One
+that leaves without the lease (its timeout, a cancellation) while woken wakes the next. So a
+process's waiters get a payment's lease in the order they asked for it, and a release costs
+one try, not one per waiter (waking them all made n waiters on one payment cost n^2 tries).
+Across processes waiters still race, and a lease that expires publishes nothing, so every
+waiter also tries again when the holder's remaining lease runs out.
 
 A waiter is let in (:meth:`ReleaseWatch.watching`) only once Redis has confirmed its channel's
 subscription, so a release published after that wakes it. The lock manager tries the lease
@@ -52,7 +59,7 @@ class _Channel:
 
     def __init__(self, subscribed: asyncio.Future[None]) -> None:
         self.subscribed = subscribed  # Redis confirmed this channel's SUBSCRIBE
-        self.waiters: set[Release] = set()
+        self.waiters: dict[Release, None] = {}  # in arrival order (a dict: O(1) removal)
 
 
 class ReleaseWatch:
@@ -85,7 +92,7 @@ class ReleaseWatch:
         first = entry is None
         if entry is None:  # registered before the first await: later waiters join it
             entry = self._channels[name] = _Channel(asyncio.get_running_loop().create_future())
-        entry.waiters.add(release)
+        entry.waiters[release] = None
         try:
             if first:
                 await self._subscribe(name, entry.subscribed)
@@ -98,8 +105,12 @@ class ReleaseWatch:
                 self._fail(error)
             yield release
         finally:
-            entry.waiters.discard(release)
-            if not entry.waiters and self._channels.get(name) is entry:
+            waiters = entry.waiters
+            was_first = next(iter(waiters)) is release
+            del waiters[release]
+            if was_first and waiters and release.event.is_set():
+                next(iter(waiters)).event.set()  # a wake it did not use: the next one's
+            if not waiters and self._channels.get(name) is entry:
                 del self._channels[name]
                 with anyio.CancelScope(shield=True):
                     await self._unsubscribe(name)
@@ -151,9 +162,8 @@ class ReleaseWatch:
                 kind, name = message["type"], message["channel"]
                 if kind == "message":
                     entry = self._channels.get(name)
-                    if entry is not None:
-                        for release in entry.waiters:
-                            release.event.set()
+                    if entry is not None and entry.waiters:
+                        next(iter(entry.waiters)).event.set()  # the longest waiting
                 elif kind == "subscribe":
                     owed = self._confirms.get(name)
                     if owed:
