@@ -329,6 +329,63 @@ async def test_a_managers_waiters_get_the_lease_in_the_order_they_came(prefix: s
         await locks.close()
 
 
+class _StallingTries(_CountedWaits):
+    """A try of the hold ``stall`` never reaches Redis: it blocks until cancelled."""
+
+    stall: Any = None
+    stalled: Any = None  # an anyio.Event, set by the test
+
+    async def _try_acquire(self, hold: Any) -> int:
+        if hold is self.stall:
+            self.stalled.set()
+            await anyio.sleep_forever()
+        return await super()._try_acquire(hold)
+
+
+async def test_a_waiter_woken_then_cancelled_passes_the_wake_on(prefix: str) -> None:
+    """The first in line is woken by a release and cancelled before its try reaches Redis:
+    the payment is free, and the next waiter must learn it now - not when the old holder's
+    lease would have run out (60 s: past the test's 10 s deadline and the waiter's 30 s)."""
+    holder = RedisLockManager(REDIS_URL, prefix=prefix, lease_ms=60_000)
+    locks = _StallingTries(REDIS_URL, prefix=prefix, expected=1)
+    locks.stalled = anyio.Event()
+    held = holder.hold("k", 5)
+    await held.__aenter__()
+    first = locks.hold("k", 5)
+    acquired: list[int] = []
+
+    async def wait_first(scope: anyio.CancelScope) -> None:
+        with scope:
+            async with first:
+                acquired.append(0)
+
+    async def wait_second() -> None:
+        async with locks.hold("k", 30) as lease:
+            acquired.append(lease.token)
+
+    released = False
+    try:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                scope = anyio.CancelScope()
+                tg.start_soon(wait_first, scope)
+                await locks.all_waiting.wait()
+                locks.expected, locks.all_waiting = 2, anyio.Event()
+                tg.start_soon(wait_second)
+                await locks.all_waiting.wait()
+                locks.stall = first
+                await held.__aexit__(None, None, None)  # publishes: the first is woken
+                released = True
+                await locks.stalled.wait()
+                scope.cancel()
+        assert len(acquired) == 1 and acquired[0] > 0  # the second waiter, in time
+    finally:
+        if not released:
+            await held.__aexit__(None, None, None)
+        await holder.close()
+        await locks.close()
+
+
 async def test_a_broken_subscription_fails_its_waiters_and_the_next_starts_afresh(
     prefix: str, redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:

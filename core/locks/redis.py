@@ -543,6 +543,7 @@ class RedisLockManager:
                 released.event.clear()
                 result = await self._try_acquire(hold)
                 if result > 0:
+                    released.granted = True
                     return result
                 remaining = deadline - loop.time()
                 if remaining <= 0:

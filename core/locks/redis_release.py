@@ -9,7 +9,7 @@ reader task wakes a waiter when a release is published on it.
 
 A release wakes one waiter of the manager, the one that has waited longest: it tries for the
 lease and, if a holder in another process got it first, waits again, still first in line. One
-that leaves without the lease (its timeout, a cancellation) while woken wakes the next. So a
+that leaves first in line without the lease (its timeout, a cancellation) wakes the next. So a
 process's waiters get a payment's lease in the order they asked for it, and a release costs
 one try, not one per waiter (waking them all made n waiters on one payment cost n^2 tries).
 Across processes waiters still race, and a lease that expires publishes nothing, so every
@@ -45,13 +45,14 @@ _CONFIRM_TIMEOUT_S = 5.0
 
 class Release:
     """One waiter's wake-up: set when a release is published on its channel (or when the
-    subscription broke, with ``error``)."""
+    subscription broke, with ``error``). The waiter sets ``granted`` once it has the lease."""
 
-    __slots__ = ("error", "event")
+    __slots__ = ("error", "event", "granted")
 
     def __init__(self) -> None:
         self.event = asyncio.Event()
         self.error: Exception | None = None
+        self.granted = False
 
 
 class _Channel:
@@ -108,8 +109,10 @@ class ReleaseWatch:
             waiters = entry.waiters
             was_first = next(iter(waiters)) is release
             del waiters[release]
-            if was_first and waiters and release.event.is_set():
-                next(iter(waiters)).event.set()  # a wake it did not use: the next one's
+            if was_first and waiters and not release.granted:
+                # Leaving first in line without the lease (timeout, cancellation): a wake it
+                # had, or a try it gave up mid-way, must not be lost - the next one tries.
+                next(iter(waiters)).event.set()
             if not waiters and self._channels.get(name) is entry:
                 del self._channels[name]
                 with anyio.CancelScope(shield=True):
