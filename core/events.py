@@ -49,6 +49,7 @@ class PaymentInitiated(Event):
     description: str | None = None
     country: str | None = None
     metadata: Mapping[str, str] = attrs.field(factory=dict)
+    payment_method_type: str | None = None  # the method's family (PaymentRequest)
 
 
 @attrs.frozen(kw_only=True, slots=False)

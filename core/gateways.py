@@ -71,6 +71,7 @@ class AuthorizeRequest:
     reference: str | None = None
     description: str | None = None
     metadata: Mapping[str, str] = attrs.field(factory=dict)
+    payment_method_type: str | None = None  # the method's family ("card", "upi"...), if given
 
 
 @attrs.frozen

@@ -89,6 +89,7 @@ class Payment:
     failure_message: str | None = None
     next_action: Mapping[str, str] | None = None
     pending: PendingOperation | None = None
+    payment_method_type: str | None = None  # the method's family: routing reads it
 
     @property
     def current_attempt(self) -> Attempt | None:
@@ -228,6 +229,7 @@ def apply(payment: Payment | None, event: ev.Event) -> Payment:
             description=event.description,
             country=event.country,
             metadata=event.metadata,
+            payment_method_type=event.payment_method_type,
         )
     if event.version != payment.version + 1:
         raise OperationNotAllowed(

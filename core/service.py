@@ -87,14 +87,19 @@ _RETENTION_MARGIN = 0.9
 _STOP_GRACE_S = 30.0
 
 
-def _can_take(gateway: Gateway, currency: str, manual_capture: bool) -> bool:
+def _can_take(
+    gateway: Gateway, currency: str, manual_capture: bool, method_type: str | None
+) -> bool:
     """What a gateway's declared ``GatewayCapabilities`` rule out before routing: a currency
-    it lists as unsupported, a manual-capture payment where it cannot authorise only. A
-    gateway that declares no capabilities is judged by its ``supported_currencies`` alone."""
+    it lists as unsupported, a manual-capture payment where it cannot authorise only, a
+    payment method family (when the payment names one) it does not list. A gateway that
+    declares no capabilities is judged by its ``supported_currencies`` alone."""
     declared = explicit_capabilities(gateway)
     if declared is None:
         return True
     if declared.currencies is not None and currency not in declared.currencies:
+        return False
+    if method_type is not None and method_type not in declared.methods:
         return False
     return declared.manual_capture or not manual_capture
 
@@ -259,8 +264,8 @@ class PaymentService(PostAuthorizationOperations):
         self._collect("aegispay_register_event_sinks", sinks, EventSink, config=True)
         self._collect_event_types()
         self.gateways: Mapping[str, Gateway] = MappingProxyType(self._gateways)
-        # (currency, manual capture) -> the gateways that can take such a payment
-        self._candidates: dict[tuple[str, bool], list[str]] = {}
+        # (currency, manual capture, method family) -> the gateways that can take such a payment
+        self._candidates: dict[tuple[str, bool, str | None], list[str]] = {}
         store.use_event_types(self.event_types)
         self.relay = OutboxRelay(store, list(sinks.values()), self.hooks)
         # Health window and circuit breaker per gateway, fed by every gateway call.
@@ -511,6 +516,7 @@ class PaymentService(PostAuthorizationOperations):
             description=request.description,
             country=request.country,
             metadata=request.metadata,
+            payment_method_type=request.payment_method_type,
         )
         payment = apply(None, event)
         record = None
@@ -705,17 +711,21 @@ class PaymentService(PostAuthorizationOperations):
         self, payment: Payment, context: HookContext, excluded: Sequence[str]
     ) -> RouteDecision:
         currency, manual = payment.amount.currency, payment.capture_mode == "manual"
-        candidates = self._candidates.get((currency, manual))
+        method_type = payment.payment_method_type
+        candidates = self._candidates.get((currency, manual, method_type))
         if candidates is None:  # gateways are fixed once the service is built: cache
-            candidates = self._candidates[currency, manual] = [
+            candidates = self._candidates[currency, manual, method_type] = [
                 name
                 for name, gateway in self._gateways.items()
-                if supports_currency(gateway, currency) and _can_take(gateway, currency, manual)
+                if supports_currency(gateway, currency)
+                and _can_take(gateway, currency, manual, method_type)
             ]
         if excluded:
             candidates = [name for name in candidates if name not in excluded]
         if not candidates:
             needs = f"{currency} with manual capture" if manual else currency
+            if method_type is not None:
+                needs += f" paid by {method_type}"
             return RouteDecision((), f"no registered gateway supports {needs}")
         # Routers get their own copy: what they do to it must not leak into the cache.
         decision = await self.hooks.select_gateway(payment, list(candidates), context)
@@ -787,6 +797,7 @@ class PaymentService(PostAuthorizationOperations):
             reference=payment.reference,
             description=payment.description,
             metadata=payment.metadata,
+            payment_method_type=payment.payment_method_type,
         )
 
     async def _settle(

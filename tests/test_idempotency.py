@@ -146,6 +146,7 @@ async def test_same_key_replays_a_final_failure_without_a_second_attempt() -> No
         {"metadata": {"order": "o-1", "line": "2"}},  # an extra nested key
         {"metadata": {"order": "o-2"}},  # a nested value
         {"metadata": {}},
+        {"payment_method_type": "upi"},  # a family where the first named none
     ],
     ids=lambda changed: "-".join(f"{k}={v}" for k, v in changed.items()),
 )
@@ -170,6 +171,21 @@ async def test_same_key_different_request_is_rejected(changed: dict[str, Any]) -
     assert ids == [first.id]
     assert stored == first
     assert validator.calls == 1
+
+
+def test_a_request_without_a_method_type_keeps_its_earlier_fingerprint() -> None:
+    """``payment_method_type`` came later: a request without it must keep the fingerprint an
+    earlier version stored with its key (the value below is that version's), or every retry
+    of such a key after an upgrade would be refused as a reused key. With it, it differs."""
+    fields: dict[str, Any] = {"merchant_id": "m_1", "customer_id": "c_1",
+                              "payment_method": "pm_1", "reference": "o-1",
+                              "metadata": {"b": "2", "a": "1"}}  # fmt: skip
+    plain = PaymentRequest(Money(1999, "EUR"), **fields)
+    assert plain.fingerprint() == (
+        "88a56c07f1e9b03a12cb182f666bfbf3592b8ad478747f1a180178a147fe15c6"
+    )
+    typed = PaymentRequest(Money(1999, "EUR"), **fields, payment_method_type="card")
+    assert typed.fingerprint() != plain.fingerprint()
 
 
 async def test_different_currency_with_the_same_key_is_rejected() -> None:

@@ -22,6 +22,7 @@ from aegispay import (
     PaymentState,
 )
 from aegispay import events as ev
+from aegispay.gateways import AuthorizeRequest
 from aegispay.testing import ScriptedGateway, make_test_service
 
 pytestmark = pytest.mark.anyio
@@ -570,6 +571,51 @@ async def test_routing_skips_gateways_whose_capabilities_rule_the_payment_out() 
         refused = await lonely.pay(request(1000, capture_mode="manual"))
     assert refused.state is S.FAILED
     assert "manual capture" in (refused.failure_message or "")
+
+
+async def test_a_payment_method_type_routes_only_to_gateways_that_list_it() -> None:
+    """``payment_method_type`` names the method's family: only gateways whose declared
+    capabilities list it are tried (one that declares nothing is not second-guessed); without
+    it any gateway may be. The family travels to the gateway, is kept with the payment, and
+    a family nobody takes fails the payment with a reason naming it."""
+    cards = declaring("cards", methods=frozenset({"card"}))
+    upi = declaring("upi", methods=frozenset({"card", "upi"}))
+    wallet = declaring("wallet", methods=frozenset({"paypal"}))
+    seen: list[str | None] = []
+    authorize = upi.authorize
+
+    async def telling(call: AuthorizeRequest) -> GatewayResult:
+        seen.append(call.payment_method_type)
+        return await authorize(call)
+
+    upi.authorize = telling  # type: ignore[method-assign]
+    service = make_test_service(gateways=[cards, upi, wallet])
+    async with service:
+        by_upi = await service.pay(request(1000, payment_method_type="upi"))
+        by_wallet = await service.pay(request(1000, payment_method_type="paypal"))
+        unstated = await service.pay(request(1000))
+        nobody = await service.pay(request(1000, payment_method_type="sepa_debit"))
+        stored = await service.get_payment(by_upi.id)
+    assert [a.gateway for a in by_upi.attempts] == ["upi"]
+    assert [a.gateway for a in by_wallet.attempts] == ["wallet"]
+    assert [a.gateway for a in unstated.attempts] == ["cards"]  # registration order
+    assert stored.payment_method_type == "upi" and unstated.payment_method_type is None
+    assert nobody.state is S.FAILED and nobody.attempts == ()
+    assert "USD paid by sepa_debit" in (nobody.failure_message or "")
+    assert seen == ["upi"]  # the adapter is told the family too
+    undeclared = ScriptedGateway("undeclared")  # no capabilities: any family
+    anything = make_test_service(gateways=[undeclared])
+    async with anything:
+        taken = await anything.pay(request(1000, payment_method_type="upi"))
+    assert [a.gateway for a in taken.attempts] == ["undeclared"]
+
+
+@pytest.mark.parametrize("value", ["", "UPI", "card payments", "1card", "x" * 65, 7])
+def test_a_malformed_payment_method_type_is_invalid_input_naming_it(value: object) -> None:
+    with pytest.raises(InvalidInput) as raised:
+        request(1000, payment_method_type=value)
+    assert raised.value.field == "payment_method_type"
+    assert "payment method family" in str(raised.value)
 
 
 async def test_partial_operations_only_where_the_gateway_declares_them() -> None:

@@ -16,7 +16,7 @@ from aegispay.codec import compile_codec
 from aegispay.errors import InvalidInput, InvalidMoney, PluginError
 from aegispay.gateways import Outcome
 from aegispay.money import Money, known_currencies
-from aegispay.payment import Attempt, Payment, PendingOperation, Refund
+from aegispay.payment import Attempt, Payment, PendingOperation, Refund, apply
 from aegispay.serialization import EventTypes, make_converter, payment_from_json, payment_to_json
 from aegispay.states import PaymentState
 from aegispay.store import sql_direct
@@ -41,6 +41,7 @@ SAMPLES: list[ev.Event] = [
         description="books",
         country="KW",
         metadata={"cart": "42", "channel": "web"},
+        payment_method_type="card",
     ),
     ev.PaymentFlaggedForReview(**COMMON, version=2, risk_score=75, reasons=("velocity", "bin")),
     ev.PaymentProcessingStarted(
@@ -565,6 +566,7 @@ payments = st.builds(
     failure_message=optional_texts,
     next_action=st.none() | string_maps,
     pending=st.none() | pendings,
+    payment_method_type=st.none() | st.sampled_from(["card", "upi", "paypal"]),
 )
 
 
@@ -754,3 +756,21 @@ def test_a_class_with_its_own_init_is_built_through_it() -> None:
     assert event.score == 4
     assert orjson.loads(types.to_json(event))["score"] == 4
     assert types.from_json(types.to_json(event)).score == 8  # type: ignore[attr-defined]
+
+
+def test_rows_from_before_the_method_type_read_as_none() -> None:
+    """Payments and PaymentInitiated events stored before ``payment_method_type`` existed
+    lack its key: they read back with None (cattrs' default), and the same row with the key
+    reads it."""
+    initiated = next(e for e in SAMPLES if isinstance(e, ev.PaymentInitiated))
+    types = EventTypes()
+    stored = orjson.loads(types.to_json(initiated))
+    del stored["payment_method_type"]
+    old = types.from_json(orjson.dumps(stored))
+    assert isinstance(old, ev.PaymentInitiated) and old.payment_method_type is None
+    assert old == attrs.evolve(initiated, payment_method_type=None)
+    payment = apply(None, initiated)
+    assert payment.payment_method_type == "card"
+    row = orjson.loads(payment_to_json(payment))
+    del row["payment_method_type"]
+    assert payment_from_json(orjson.dumps(row)) == attrs.evolve(payment, payment_method_type=None)
