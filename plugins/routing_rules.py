@@ -6,10 +6,12 @@ Each rule in ``rules = [...]`` is a table::
     { when = { amount_gte = "500.00", currency = "USD" }, prefer = ["adyen"] }
     { when = { country = ["DE", "AT"], payment_method = "sepa" }, exclude = ["stripe"] }
     { when = { metadata = { channel = "b2b" } }, prefer = ["adyen", "stripe"] }
+    { when = { payment_method_type = "upi" }, prefer = ["razorpay"] }
 
 Conditions (all must hold; an empty or missing ``when`` always holds): ``currency``,
-``payment_method``, ``country`` (a value or a list of values), ``metadata`` (key = value, all
-must match), ``amount_gt`` / ``amount_gte`` / ``amount_lt`` / ``amount_lte`` (a decimal string
+``payment_method`` (the instrument's token), ``payment_method_type`` (its family: "card",
+"upi"...), ``country`` (a value or a list of values), ``metadata`` (key = value, all must
+match), ``amount_gt`` / ``amount_gte`` / ``amount_lt`` / ``amount_lte`` (a decimal string
 in major units, compared in integer minor units; requires exactly one ``currency``).
 
 Actions (at least one): ``only`` keeps just the listed gateways, ``exclude`` removes them (both
@@ -40,6 +42,7 @@ class Rule:
     name: str
     currencies: frozenset[str] | None = None
     methods: frozenset[str] | None = None
+    method_types: frozenset[str] | None = None
     countries: frozenset[str] | None = None
     metadata: tuple[tuple[str, str], ...] = ()
     amounts: tuple[tuple[Callable[[int, int], bool], int], ...] = ()
@@ -51,6 +54,8 @@ class Rule:
         if self.currencies is not None and payment.amount.currency not in self.currencies:
             return False
         if self.methods is not None and payment.payment_method not in self.methods:
+            return False
+        if self.method_types is not None and payment.payment_method_type not in self.method_types:
             return False
         if self.countries is not None and payment.country not in self.countries:
             return False
@@ -90,6 +95,7 @@ def parse_rule(options: Options, index: int) -> Rule:
         name=name,
         currencies=_optional_set(currencies),
         methods=_optional_set(when.strings("payment_method")),
+        method_types=_optional_set(when.strings("payment_method_type")),
         countries=_optional_set(when.strings("country")),
         metadata=tuple(pairs),
         amounts=tuple(amounts),

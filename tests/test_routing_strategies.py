@@ -340,6 +340,24 @@ def test_rules_only_exclude_and_prefer() -> None:
     assert decide(plugin, names, payment("50000", "JPY")).gateways == ("a", "b", "c", "x")
 
 
+def test_rules_on_the_payment_method_type() -> None:
+    """``payment_method_type`` is the family, apart from the ``payment_method`` token: a rule
+    on one ignores the other, and a payment that names no family matches no family rule."""
+    plugin = RoutingPlugin(
+        {
+            "rules": [
+                {"when": {"payment_method_type": "upi"}, "prefer": ["x"]},
+                {"when": {"payment_method_type": ["card", "emi"]}, "exclude": ["x"]},
+            ]
+        }
+    )
+    names = ["a", "x"]
+    assert decide(plugin, names, payment(payment_method_type="upi")).gateways == ("x", "a")
+    assert decide(plugin, names, payment(payment_method_type="emi")).gateways == ("a",)
+    assert decide(plugin, names, payment(payment_method="upi")).gateways == ("a", "x")
+    assert decide(plugin, names, payment()).gateways == ("a", "x")
+
+
 def test_rules_then_strategy_with_rule_preference_first() -> None:
     plugin = RoutingPlugin(
         {
