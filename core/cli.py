@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Mapping
+from datetime import timedelta
 from typing import Any
 
 import anyio
@@ -577,6 +578,66 @@ def upgrade(ctx: click.Context, store_url: str | None) -> None:
 
     anyio.run(run)
     click.echo(f"{safe_url(url)}: schema up to date")
+
+
+@db.command()
+@click.option("--store", "store_url", default=None, help="Store URL (default: from settings).")
+@click.option(
+    "--retention-s",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Delete outbox messages published longer ago than this; 0 keeps them "
+    "(default: engine.outbox_retention_s).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def prune(
+    ctx: click.Context, store_url: str | None, retention_s: float | None, as_json: bool
+) -> None:
+    """Delete published outbox messages past their retention and expired idempotency records.
+
+    What a running service's janitor does each pass, all at once: pending and parked
+    messages, keys still in flight, payments and their history are never deleted."""
+    from .janitor import PRUNE_BATCH
+    from .outbox import utc_now
+    from .stack import open_store
+    from .store.base import Pruned
+    from .urls import safe_url
+
+    settings = _settings(ctx)
+    url = store_url or settings.store
+    keep = settings.engine.outbox_retention_s if retention_s is None else retention_s
+    now = utc_now()
+    published_before = now - timedelta(seconds=keep) if keep > 0 else None
+
+    async def run() -> Pruned:
+        store = open_store(url)
+        total = Pruned()
+        try:
+            while True:
+                batch = await store.prune(published_before, now, PRUNE_BATCH)
+                total += batch
+                if max(batch.messages, batch.keys) < PRUNE_BATCH:
+                    return total
+        finally:
+            await store.close()
+
+    pruned = anyio.run(run)
+    if as_json:
+        report = {
+            "store": safe_url(url),
+            "published_before": published_before.isoformat() if published_before else None,
+            "expired_before": now.isoformat(),
+            "messages": pruned.messages,
+            "keys": pruned.keys,
+        }
+        click.echo(json.dumps(report, sort_keys=True))
+        return
+    kept = f"published before {published_before:%Y-%m-%d %H:%M:%S} UTC" if published_before else ""
+    click.echo(
+        f"{safe_url(url)}: deleted {pruned.messages} published outbox message(s) {kept}".rstrip()
+        + f" and {pruned.keys} expired idempotency record(s)"
+    )
 
 
 # -- operating on a store: payments, replay, reconcile, outbox ---------------------------------

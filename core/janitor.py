@@ -10,12 +10,16 @@ Every ``engine.reconcile_interval_s`` seconds (0 switches it off) the janitor ru
    (``engine.retry.repeat_unknown_create``, within the gateway's key retention);
 2. :meth:`PaymentService.resume_idempotency_keys` finishes keyed ``pay`` requests left in
    flight as long: it processes a payment a crash left INITIATED and completes the keys of
-   payments now settled.
+   payments now settled;
+3. the store's ``prune`` deletes what serves nothing any more, ``PRUNE_BATCH`` rows at a time
+   and at most ``PRUNE_BATCHES`` batches a pass (the next pass goes on): outbox messages
+   published more than ``engine.outbox_retention_s`` ago (0 keeps them) and completed
+   idempotency records past their expiry. Without it both tables grow with every payment.
 
 Both are idempotent and lock-protected, so a pass racing live requests, another janitor or
 ``aegispay reconcile`` costs duplicate work at worst, never a second charge. The first pass
 comes one interval after the service starts (a CLI command that enters the service briefly
-runs none). When there is nothing to do a pass is two store queries and one lock grant.
+runs none). When there is nothing to do a pass is three store calls and one lock grant.
 
 * **One pass at a time**: a pass takes the lock ``aegispay:janitor`` from the service's lock
   manager without waiting; if it is held - by a pass of this process (``run_once`` called
@@ -38,13 +42,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import attrs
 
 from .errors import AegisPayError, LockTimeout
+from .store.base import Pruned
 
 if TYPE_CHECKING:
     from .service import PaymentService, ReconcileReport, ResumeReport
@@ -52,6 +57,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("aegispay.janitor")
 
 LOCK_KEY = "aegispay:janitor"
+#: Rows of each kind one prune statement deletes, and how many statements one pass runs.
+PRUNE_BATCH = 1000
+PRUNE_BATCHES = 20
 #: After failed passes in a row, the wait grows up to this many intervals.
 MAX_BACKOFF = 10
 
@@ -60,14 +68,16 @@ MAX_BACKOFF = 10
 class JanitorReport:
     """One pass: what each step did (None: it failed, see ``failures``, or did not run).
 
-    ``failures`` maps a step (``lock``, ``reconcile``, ``resume``) to the error that ended
-    it; ``skipped`` says that another pass held the janitor's lock, so this one did nothing.
+    ``failures`` maps a step (``lock``, ``reconcile``, ``resume``, ``prune``) to the error
+    that ended it; ``skipped`` says that another pass held the janitor's lock, so this one
+    did nothing.
     """
 
     started_at: datetime
     finished_at: datetime
     reconcile: ReconcileReport | None = None
     resume: ResumeReport | None = None
+    pruned: Pruned | None = None
     failures: Mapping[str, str] = attrs.field(factory=dict)
     skipped: bool = False
 
@@ -77,10 +87,11 @@ class JanitorReport:
 
     @property
     def did_something(self) -> bool:
-        """True if the pass found a payment or a key to look at."""
+        """True if the pass found a payment or a key to look at, or something to prune."""
         return bool(
             (self.reconcile is not None and self.reconcile.examined)
             or (self.resume is not None and self.resume.examined)
+            or (self.pruned is not None and self.pruned != Pruned())
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -89,6 +100,7 @@ class JanitorReport:
             "finished_at": self.finished_at.isoformat(),
             "reconcile": self.reconcile.to_dict() if self.reconcile is not None else None,
             "resume": self.resume.to_dict() if self.resume is not None else None,
+            "pruned": attrs.asdict(self.pruned) if self.pruned is not None else None,
             "failures": dict(self.failures),
             "skipped": self.skipped,
         }
@@ -185,7 +197,25 @@ class Janitor:
             resume = await self.service.resume_idempotency_keys(self.after_s)
         except Exception as error:
             failures["resume"] = _describe(error, "resume")
-        return self._finish(started, reconcile, resume, failures)
+        try:
+            pruned = await self._prune()
+        except Exception as error:
+            failures["prune"] = _describe(error, "prune")
+            pruned = None
+        return self._finish(started, reconcile, resume, failures, pruned)
+
+    async def _prune(self) -> Pruned:
+        """Up to ``PRUNE_BATCHES`` batches, until a batch finds less than a full one."""
+        now = self.service.clock()
+        retention = self.service.engine.outbox_retention_s
+        published_before = now - timedelta(seconds=retention) if retention > 0 else None
+        total = Pruned()
+        for _ in range(PRUNE_BATCHES):
+            batch = await self.service.store.prune(published_before, now, PRUNE_BATCH)
+            total += batch
+            if max(batch.messages, batch.keys) < PRUNE_BATCH:
+                break
+        return total
 
     def _finish(
         self,
@@ -193,8 +223,9 @@ class Janitor:
         reconcile: ReconcileReport | None,
         resume: ResumeReport | None,
         failures: dict[str, str],
+        pruned: Pruned | None = None,
     ) -> JanitorReport:
-        report = JanitorReport(started, self.service.clock(), reconcile, resume, failures)
+        report = JanitorReport(started, self.service.clock(), reconcile, resume, pruned, failures)
         self.last_report = report
         self.passes += 1
         if failures:

@@ -257,6 +257,9 @@ class EngineSettings:
     # request still running is rarely taken for a stuck one (harmless, but wasted work).
     reconcile_interval_s: float = attrs.field(default=30.0, validator=_not_negative)
     reconcile_after_s: float = attrs.field(default=60.0, validator=_positive)
+    # Each pass also prunes: outbox messages published more than ``outbox_retention_s`` ago
+    # (0: keep them all) and completed idempotency records past their expiry.
+    outbox_retention_s: float = attrs.field(default=7 * 86_400, validator=_not_negative)
     # Per-gateway health windows and circuit breakers (aegispay.health, aegispay.breaker).
     gateway_health: GatewayHealthSettings = GatewayHealthSettings()
     # Retries of gateway calls and the repeat of unknown creates (aegispay.retry).

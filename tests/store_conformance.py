@@ -31,6 +31,7 @@ from aegispay.store.base import (
     IdempotencyProgress,
     IdempotencyRecord,
     PaymentStore,
+    Pruned,
 )
 
 StoreFactory = Callable[[], Awaitable[PaymentStore]]
@@ -304,6 +305,10 @@ async def commit_more(store: PaymentStore, payment_id: str, n: int) -> None:
 @pytest.mark.anyio
 class StoreConformance:
     """Subclass and provide ``make_store``: an async factory of fresh, empty stores."""
+
+    # Whether published messages stay stored (until ``prune``); the in-memory store drops
+    # them as they are published.
+    keeps_published: bool = True
 
     @pytest.fixture
     def make_store(self) -> StoreFactory:
@@ -664,6 +669,59 @@ class StoreConformance:
         assert sorted(await store.payment_ids()) == ["pay_0", winners[0]]
 
     # -- round trips --------------------------------------------------------------------------
+
+    async def test_prune_deletes_only_expired_completed_keys(self, store: PaymentStore) -> None:
+        """Completed records expired before the cut go, oldest first and ``limit`` at a time;
+        unexpired ones and records still in flight (expired or not) stay, and so do their
+        payments. A pruned key is free: a new request may claim it."""
+        expiries = {"k3": 30, "k1": 10, "k2": 20, "k9": 90}
+        for key, expires in expiries.items():
+            c = change(None, [initiated(f"pay_{key}")])
+            record = attrs.evolve(idem(c.payment, key=key), expires_at=at(expires))
+            await store.commit(attrs.evolve(c, idempotency=record))
+        stuck = change(None, [initiated("pay_stuck")])
+        late = in_flight(stuck.payment, "stuck", locked_at=at(0), expires_at=at(5))
+        await store.commit(attrs.evolve(stuck, idempotency=late))
+
+        first = await store.prune(None, at(50), 2)
+        assert first.keys == 2 and first.messages == 0
+        kept = {key for key in [*expiries, "stuck"] if await store.find_idempotency("m_1", key)}
+        assert kept == {"k3", "k9", "stuck"}  # k1 and k2 expired first
+        assert (await store.prune(None, at(50), 2)).keys == 1  # k3
+        assert (await store.prune(None, at(50), 2)).keys == 0
+        assert await store.find_idempotency("m_1", "k9") is not None
+        assert await store.find_idempotency("m_1", "stuck") == late
+        assert len(await store.payment_ids()) == 5
+        again = change(None, [initiated("pay_again")])
+        await store.commit(attrs.evolve(again, idempotency=idem(again.payment, key="k1")))
+        assert (await store.find_idempotency("m_1", "k1")).payment_id == "pay_again"  # type: ignore[union-attr]
+
+    async def test_prune_deletes_only_published_messages_before_the_cut(
+        self, store: PaymentStore
+    ) -> None:
+        """Messages published before the cut go (where the store keeps them at all), oldest
+        first; pending, backing-off and parked ones stay, as does the history."""
+        await commit_streams(store, {"pay_a": 2, "pay_b": 2, "pay_c": 1})
+        a_and_b = [m for m in await claim(store, "r") if m.payment_id != "pay_c"]
+        assert (await store.outbox_settle("r", at(100), a_and_b[:2], (), 1)).published == 2
+        parked = [m for m in a_and_b if m.payment_id == "pay_b"]
+        failure = fail(parked, "sink down", at(200))
+        assert (await store.outbox_settle("r", at(100), [], [failure], 1)).parked == (
+            "pay_b:1", "pay_b:2",
+        )  # fmt: skip
+        before = await store.outbox_counts(at(100))
+
+        assert (await store.prune(at(100), at(0), 10)).messages == 0  # published at 100: kept
+        pruned = await store.prune(at(101), at(0), 1)
+        assert pruned.messages == (1 if self.keeps_published else 0)
+        pruned = await store.prune(at(101), at(0), 10)
+        assert pruned.messages == (1 if self.keeps_published else 0)
+        assert (await store.prune(at(101), at(0), 10)).messages == 0
+        assert await store.outbox_counts(at(100)) == before
+        assert [m.message_id for m in await store.outbox_pending(10)] == ["pay_c:1"]
+        assert [m.message_id for m, _ in await store.outbox_parked()] == ["pay_b:1", "pay_b:2"]
+        assert len(await store.events("pay_a")) == 2
+        assert await store.prune(None, at(0), 0) == Pruned()
 
     async def test_every_event_type_round_trips(self, store: PaymentStore) -> None:
         events = every_core_event("pay_1")

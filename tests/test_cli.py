@@ -240,6 +240,36 @@ def test_simulate_fails_when_the_store_fails_payments(tmp_path: Path) -> None:
     assert "5 payment(s) failed with a store error" in result.stderr
 
 
+def test_db_prune_deletes_published_messages_past_their_retention(tmp_path: Path) -> None:
+    """``db prune``: with the default retention (a week) a fresh run's messages stay; with a
+    tiny one every published message goes, and nothing else (payments, events, keys that
+    have not expired)."""
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'pay.db'}"
+    assert aegispay("db", "upgrade", "--store", url, cwd=tmp_path).returncode == 0
+    args = ("--payments", "20", "--latency-ms", "0", "--refund-share", "0")
+    assert aegispay("simulate", *args, "--store", url, cwd=tmp_path).returncode == 0
+
+    def counts() -> tuple[int, ...]:
+        with sqlite3.connect(tmp_path / "pay.db") as db:
+            return tuple(
+                db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                for table in ("outbox", "payment_events", "payments", "idempotency_keys")
+            )
+
+    before = counts()
+    assert before[0] == before[1] > 0  # every event's message, all published by the run
+    kept = aegispay("db", "prune", "--store", url, "--json", cwd=tmp_path)
+    assert kept.returncode == 0, kept.stderr
+    assert json.loads(kept.stdout)["messages"] == 0 and counts() == before
+    pruned = aegispay("db", "prune", "--store", url, "--retention-s", "0.001", "--json",
+                      cwd=tmp_path)  # fmt: skip
+    report = json.loads(pruned.stdout)
+    assert (report["messages"], report["keys"]) == (before[0], 0)
+    assert counts() == (0, *before[1:])
+
+
 def test_bench_reads_a_local_servers_cpu_from_proc(tmp_path: Path) -> None:
     """``bench --store``'s server figure: the named processes' own and reaped children's CPU
     (utime, stime, cutime, cstime), others ignored; None where nothing can be read."""

@@ -39,7 +39,7 @@ from aegispay.gateways import GatewayCapabilities
 from aegispay.janitor import LOCK_KEY, MAX_BACKOFF, Janitor
 from aegispay.locks.memory import MemoryLockManager
 from aegispay.settings import EngineSettings, Settings, load_settings, settings_from_dict
-from aegispay.store.base import IN_FLIGHT, IdempotencyRecord
+from aegispay.store.base import IN_FLIGHT, IdempotencyRecord, Pruned
 from aegispay.store.memory import MemoryStore
 from aegispay.store.sql import SqlStore
 from aegispay.testing import ScriptedGateway, make_test_service
@@ -430,6 +430,42 @@ async def test_errors_end_a_pass_not_the_janitor_and_back_off(
         assert healthy.ok and janitor.consecutive_failures == 0 and janitor.delay() == 10
         assert janitor.passes == 9
         assert service.locks.held_keys() == 0
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # aiosqlite
+@pytest.mark.parametrize("retention_s", [3600, 0])
+async def test_a_pass_prunes_published_messages_and_expired_keys(
+    tmp_path: Path, retention_s: int
+) -> None:
+    """Messages published longer ago than ``outbox_retention_s`` (0: never) and completed
+    keys past their expiry are deleted by the passes; payments stay. The relay stamps
+    messages with the wall clock, so the service's clock starts there."""
+    clock = Clock()
+    clock.now = datetime.now(UTC)
+    store = SqlStore(f"sqlite:///{tmp_path / 'janitor.db'}")
+    await store.upgrade_schema()
+    settings = engine(
+        reconcile_interval_s=0, reconcile_after_s=60, outbox_retention_s=retention_s,
+        idempotency_ttl_s=86_400,
+    )  # fmt: skip
+    service = make_test_service(
+        gateways=[ScriptedGateway()], settings=settings, clock=clock, store=store
+    )
+    async with service:
+        for n in range(3):
+            await service.pay(request(), idempotency_key=f"k-{n}")
+        await service.relay.drain()
+        assert (await service.janitor.run_once()).pruned == Pruned()
+        clock.advance(2 * 3600)  # the messages are old; the keys not yet expired
+        aged = await service.janitor.run_once()
+        assert aged.pruned == Pruned(messages=12 if retention_s else 0)
+        assert aged.did_something == bool(retention_s)
+        clock.advance(86_400)
+        expired = await service.janitor.run_once()
+        assert expired.pruned == Pruned(keys=3) and expired.ok
+        assert expired.to_dict()["pruned"] == {"messages": 0, "keys": 3}
+        assert await service.store.find_idempotency("m_1", "k-0") is None
+        assert len(await service.store.payment_ids()) == 3
 
 
 class BuggyFraudCheck:

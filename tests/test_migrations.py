@@ -128,7 +128,7 @@ async def test_upgrade_from_empty_creates_all_tables_and_stamps_head(make_store:
     assert await run_sync(store, tables) == set()
     await store.upgrade_schema()
     assert await run_sync(store, tables) == TABLES
-    assert await run_sync(store, stamped(store._schema)) == migrations.heads() == ("0006",)
+    assert await run_sync(store, stamped(store._schema)) == migrations.heads() == ("0007",)
     await store.check_schema()
     await store.commit(change(None, lifecycle("pay_1")[:1]))
     assert await store.payment_ids() == ["pay_1"]
@@ -141,7 +141,7 @@ async def test_upgrade_twice_is_a_no_op(make_store: Factory) -> None:
     again = make_store()
     await again.upgrade_schema()
     await again.create_schema()  # the alias
-    assert await run_sync(again, stamped(again._schema)) == ("0006",)
+    assert await run_sync(again, stamped(again._schema)) == ("0007",)
     assert await again.payment_ids() == ["pay_1"]
 
 
@@ -315,7 +315,7 @@ async def test_pre_migration_database_is_adopted(make_store: Factory) -> None:
     await run_sync(store, _schema_0001.create_all)
     await make_store().upgrade_schema()
     await store.commit(change(None, lifecycle("pay_1")[:1]))
-    assert await run_sync(store, stamped(store._schema)) == ("0006",)
+    assert await run_sync(store, stamped(store._schema)) == ("0007",)
     assert await store.payment_ids() == ["pay_1"]
 
 
@@ -354,11 +354,11 @@ async def test_upgrade_fills_in_what_the_janitor_reads(make_store: Factory) -> N
 
 
 def test_migrations_know_one_linear_history() -> None:
-    assert migrations.heads() == ("0006",)
+    assert migrations.heads() == ("0007",)
     assert (
         migrations.is_known("0001") and migrations.is_known("0002") and migrations.is_known("0003")
     )
-    assert all(migrations.is_known(r) for r in ("0004", "0005", "0006"))
+    assert all(migrations.is_known(r) for r in ("0004", "0005", "0006", "0007"))
     assert not migrations.is_known("ffff")
     assert (migrations.LOCATION / "env.py").is_file()
 
@@ -376,7 +376,7 @@ def test_cli_upgrade_twice_then_simulate(tmp_path: Path) -> None:
         assert "schema up to date" in result.stdout
     with sqlite3.connect(tmp_path / "pay.db") as connection:
         (version,) = connection.execute("select version_num from alembic_version").fetchone()
-    assert version == "0006"
+    assert version == "0007"
     result = aegispay("simulate", "--payments", "5", "--latency-ms", "0", "--store", url, "--json")
     assert result.returncode == 0, result.stderr
 

@@ -125,6 +125,17 @@ def is_unsettled(payment: Payment) -> bool:
 UNSETTLED_STATES = frozenset({PaymentState.PROCESSING, PaymentState.REQUIRES_ACTION})
 
 
+@attrs.frozen
+class Pruned:
+    """What one ``prune`` deleted: published outbox messages, expired idempotency records."""
+
+    messages: int = 0
+    keys: int = 0
+
+    def __add__(self, other: Pruned) -> Pruned:
+        return Pruned(self.messages + other.messages, self.keys + other.keys)
+
+
 class PaymentStore(Protocol):
     async def commit(self, change: Change) -> None:
         """Write ``change`` atomically, or raise (and write nothing):
@@ -240,6 +251,17 @@ class PaymentStore(Protocol):
         delivered before its payment's pending messages with a higher ``sequence``."""
 
     async def outbox_counts(self, now: datetime) -> OutboxCounts: ...
+
+    async def prune(
+        self, published_before: datetime | None, expired_before: datetime, limit: int
+    ) -> Pruned:
+        """Delete what serves nothing any more, at most ``limit`` rows of each kind: outbox
+        messages published before ``published_before`` (None: keep every one), oldest first,
+        and completed idempotency records that expired before ``expired_before`` (an expired
+        record is already treated as absent). Pending and parked messages, records still in
+        flight (the janitor resumes them), payments and their history are never deleted.
+        Call again while a kind comes back at ``limit``. The janitor runs it each pass
+        (``engine.outbox_retention_s``), as does ``aegispay db prune``."""
 
     def use_event_types(self, event_types: EventTypes) -> None:
         """Decode stored events with this registry (the service's, including plugins' own

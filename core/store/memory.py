@@ -30,6 +30,7 @@ from .base import (
     IdempotencyClaimed,
     IdempotencyProgress,
     IdempotencyRecord,
+    Pruned,
     advances,
     is_unsettled,
 )
@@ -157,6 +158,20 @@ class MemoryStore:
             self._in_flight.discard(scope_key)
         else:
             self._in_flight.add(scope_key)
+
+    async def prune(
+        self, published_before: datetime | None, expired_before: datetime, limit: int
+    ) -> Pruned:
+        # Published messages are not kept here (the queues hold pending ones only).
+        expired = [
+            scope_key
+            for scope_key, record in self._idempotency.items()
+            if record.state == COMPLETED and record.expires_at < expired_before
+        ]
+        expired.sort(key=lambda scope_key: self._idempotency[scope_key].expires_at)
+        for scope_key in expired[: max(limit, 0)]:
+            del self._idempotency[scope_key]
+        return Pruned(keys=min(len(expired), max(limit, 0)))
 
     async def payment_ids(self) -> list[str]:
         return list(self._streams)

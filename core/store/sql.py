@@ -49,11 +49,13 @@ from ..serialization import EventTypes, payment_from_json, payment_to_json
 from ..urls import safe_url
 from . import migrations
 from .base import (
+    COMPLETED,
     IN_FLIGHT,
     Change,
     IdempotencyClaimed,
     IdempotencyProgress,
     IdempotencyRecord,
+    Pruned,
     is_unsettled,
 )
 from .group_commit import Coalescer
@@ -818,6 +820,40 @@ class SqlStore:
         if message_ids is not None:
             return [i for i in dict.fromkeys(message_ids) if i in done]
         return sorted(done)
+
+    async def prune(
+        self, published_before: datetime | None, expired_before: datetime, limit: int
+    ) -> Pruned:
+        if limit <= 0:
+            return Pruned()
+        messages = keys = 0
+        with self._errors():
+            async with self._transaction(write=True) as conn:
+                if published_before is not None:
+                    # Oldest first along the primary key: published rows are the oldest, so
+                    # the walk meets few others (parked and pending ones are skipped).
+                    oldest = (
+                        sa.select(outbox.c.seq)
+                        .where(outbox.c.published_at < published_before)
+                        .order_by(outbox.c.seq)
+                        .limit(limit)
+                    )
+                    deleted = await conn.execute(sa.delete(outbox).where(outbox.c.seq.in_(oldest)))
+                    messages = deleted.rowcount
+                # ix_idempotency_expiry (migration 0007): a range of the index, not a scan.
+                expired = (
+                    sa.select(idempotency_keys.c.scope, idempotency_keys.c.key)
+                    .where(
+                        idempotency_keys.c.expires_at < expired_before,
+                        idempotency_keys.c.state == COMPLETED,
+                    )
+                    .order_by(idempotency_keys.c.expires_at)
+                    .limit(limit)
+                )
+                pair = sa.tuple_(idempotency_keys.c.scope, idempotency_keys.c.key)
+                deleted = await conn.execute(sa.delete(idempotency_keys).where(pair.in_(expired)))
+                keys = deleted.rowcount
+        return Pruned(messages, keys)
 
     async def outbox_counts(self, now: datetime) -> OutboxCounts:
         waiting = sa.and_(_PENDING, outbox.c.next_attempt_at > now)

@@ -112,6 +112,8 @@ idempotency_keys = sa.Table(
     sa.Column("recovery_point", sa.String(64), nullable=False, server_default="created"),
     sa.Column("locked_at", _UtcDateTime, nullable=True),
 )
+# Expired records, oldest first: what ``prune`` deletes (migration 0007).
+sa.Index("ix_idempotency_expiry", idempotency_keys.c.expires_at)
 # Keys left in flight (the janitor resumes them), least recently touched first.
 sa.Index(
     "ix_idempotency_in_flight",
