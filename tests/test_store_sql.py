@@ -8,7 +8,7 @@ import sqlite3
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import anyio
 import attrs
@@ -439,6 +439,38 @@ class TestPostgresStore(_SqlConformance):
                 await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
             await admin.dispose()
 
+    async def test_prune_keeps_a_key_claimed_again_while_it_waited(self, store: SqlStore) -> None:
+        """An expired key that a new request claims while ``prune`` picks it: the claim
+        (replacing the record in place) holds the row; the prune waits for it, then
+        re-checks the row it finds - in flight now - and keeps it."""
+        c = change(None, [initiated("pay_1")])
+        old = attrs.evolve(idem(c.payment, key="k"), expires_at=at(10))
+        await store.commit(attrs.evolve(c, idempotency=old))
+        async with store._engine.connect() as claimer:
+            await claimer.execute(text("BEGIN"))
+            await claimer.execute(
+                text(
+                    "UPDATE idempotency_keys SET state = 'in_flight', expires_at = :later,"
+                    " payment_id = 'pay_2' WHERE key = 'k'"
+                ),
+                {"later": at(86_400)},
+            )
+            pid = (await claimer.execute(text("SELECT pg_backend_pid()"))).scalar()
+            pruned: list[Any] = []
+            async with anyio.create_task_group() as tg:
+
+                async def prune() -> None:
+                    pruned.append(await store.prune(None, at(50), 10))
+
+                tg.start_soon(prune)
+                with anyio.fail_after(10):  # until the prune waits on the claimer's row lock
+                    while not await _blocked_by(store, pid):  # noqa: ASYNC110 (a server's state)
+                        await anyio.sleep(0.01)
+                await claimer.execute(text("COMMIT"))
+        assert pruned[0].keys == 0
+        record = await store.find_idempotency("m_1", "k")
+        assert record is not None and (record.state, record.payment_id) == ("in_flight", "pay_2")
+
     async def test_tables_live_in_the_test_schema(self, store: SqlStore) -> None:
         async with store._engine.connect() as conn:
             schema = (await conn.execute(text("SELECT current_schema()"))).scalar()
@@ -572,3 +604,13 @@ async def test_leaving_a_service_cancels_no_database_call_halfway(
         finally:
             await service.aclose()
     assert torn_down == []
+
+
+async def _blocked_by(store: SqlStore, pid: Any) -> bool:
+    """Whether some session of ``store``'s database waits on a lock that backend ``pid`` holds."""
+    async with store._engine.connect() as conn:
+        found = await conn.execute(
+            text("SELECT count(*) FROM pg_stat_activity WHERE :pid = ANY(pg_blocking_pids(pid))"),
+            {"pid": pid},
+        )
+        return bool(found.scalar())

@@ -826,33 +826,19 @@ class SqlStore:
     ) -> Pruned:
         if limit <= 0:
             return Pruned()
+        statements = _PRUNE_SQLITE if self._sqlite else _PRUNE_POSTGRES
         messages = keys = 0
         with self._errors():
             async with self._transaction(write=True) as conn:
                 if published_before is not None:
-                    # Oldest first along the primary key: published rows are the oldest, so
-                    # the walk meets few others (parked and pending ones are skipped).
-                    oldest = (
-                        sa.select(outbox.c.seq)
-                        .where(outbox.c.published_at < published_before)
-                        .order_by(outbox.c.seq)
-                        .limit(limit)
+                    found = await conn.execute(
+                        statements[0], {"before": published_before, "limit": limit}
                     )
-                    deleted = await conn.execute(sa.delete(outbox).where(outbox.c.seq.in_(oldest)))
-                    messages = deleted.rowcount
-                # ix_idempotency_expiry (migration 0007): a range of the index, not a scan.
-                expired = (
-                    sa.select(idempotency_keys.c.scope, idempotency_keys.c.key)
-                    .where(
-                        idempotency_keys.c.expires_at < expired_before,
-                        idempotency_keys.c.state == COMPLETED,
-                    )
-                    .order_by(idempotency_keys.c.expires_at)
-                    .limit(limit)
+                    messages = found.rowcount
+                found = await conn.execute(
+                    statements[1], {"before": expired_before, "limit": limit}
                 )
-                pair = sa.tuple_(idempotency_keys.c.scope, idempotency_keys.c.key)
-                deleted = await conn.execute(sa.delete(idempotency_keys).where(pair.in_(expired)))
-                keys = deleted.rowcount
+                keys = found.rowcount
         return Pruned(messages, keys)
 
     async def outbox_counts(self, now: datetime) -> OutboxCounts:
@@ -1134,6 +1120,39 @@ def _configure_sqlite(engine: sa.Engine, *, wal: bool) -> None:
 
 
 # -- outbox statements -------------------------------------------------------------------------
+
+
+def _prune_statements(postgres: bool) -> tuple[sa.TextClause, sa.TextClause]:
+    """``prune``'s two DELETEs: a batch of published messages (oldest first, along the
+    primary key: published rows are the oldest) and of expired completed keys (oldest first,
+    along ix_idempotency_expiry, migration 0007).
+
+    The rows are picked by a subquery and deleted by their physical row id, PostgreSQL's
+    ``ctid`` in an ``ARRAY`` (a TID scan: as ``IN (subquery)`` it hash-joined a scan of the
+    whole table) or SQLite's ``rowid``. The outer WHERE repeats the conditions: a key that a
+    new request claims again meanwhile (an expired record is replaced in place) is re-checked
+    by PostgreSQL on its new version and kept."""
+    picked = "= ANY(ARRAY({}))" if postgres else "IN ({})"
+    row = "ctid" if postgres else "rowid"
+    published = "published_at < :before"
+    expired = f"expires_at < :before AND state = '{COMPLETED}'"
+    oldest_messages = f"SELECT seq FROM outbox WHERE {published} ORDER BY seq LIMIT :limit"
+    oldest_keys = (
+        f"SELECT {row} FROM idempotency_keys WHERE {expired} ORDER BY expires_at LIMIT :limit"
+    )
+    messages = f"DELETE FROM outbox WHERE seq {picked.format(oldest_messages)} AND {published}"
+    keys = f"DELETE FROM idempotency_keys WHERE {row} {picked.format(oldest_keys)} AND {expired}"
+
+    def typed(sql: str, column: Any) -> sa.TextClause:
+        return sa.text(sql).bindparams(
+            sa.bindparam("before", type_=column.type), sa.bindparam("limit", type_=sa.Integer)
+        )
+
+    return typed(messages, outbox.c.published_at), typed(keys, idempotency_keys.c.expires_at)
+
+
+_PRUNE_POSTGRES = _prune_statements(postgres=True)
+_PRUNE_SQLITE = _prune_statements(postgres=False)
 
 
 def _one_of(column: Any, values: Sequence[Any], sqlite: bool) -> Any:
