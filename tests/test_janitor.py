@@ -451,21 +451,24 @@ async def test_a_pass_prunes_published_messages_and_expired_keys(
     service = make_test_service(
         gateways=[ScriptedGateway()], settings=settings, clock=clock, store=store
     )
-    async with service:
-        for n in range(3):
-            await service.pay(request(), idempotency_key=f"k-{n}")
-        await service.relay.drain()
-        assert (await service.janitor.run_once()).pruned == Pruned()
-        clock.advance(2 * 3600)  # the messages are old; the keys not yet expired
-        aged = await service.janitor.run_once()
-        assert aged.pruned == Pruned(messages=12 if retention_s else 0)
-        assert aged.did_something == bool(retention_s)
-        clock.advance(86_400)
-        expired = await service.janitor.run_once()
-        assert expired.pruned == Pruned(keys=3) and expired.ok
-        assert expired.to_dict()["pruned"] == {"messages": 0, "keys": 3}
-        assert await service.store.find_idempotency("m_1", "k-0") is None
-        assert len(await service.store.payment_ids()) == 3
+    try:
+        async with service:
+            for n in range(3):
+                await service.pay(request(), idempotency_key=f"k-{n}")
+            await service.relay.drain()
+            assert (await service.janitor.run_once()).pruned == Pruned()
+            clock.advance(2 * 3600)  # the messages are old; the keys not yet expired
+            aged = await service.janitor.run_once()
+            assert aged.pruned == Pruned(messages=12 if retention_s else 0)
+            assert aged.did_something == bool(retention_s)
+            clock.advance(86_400)
+            expired = await service.janitor.run_once()
+            assert expired.pruned == Pruned(keys=3) and expired.ok
+            assert expired.to_dict()["pruned"] == {"messages": 0, "keys": 3}
+            assert await service.store.find_idempotency("m_1", "k-0") is None
+            assert len(await service.store.payment_ids()) == 3
+    finally:
+        await service.aclose()  # leaving the service does not close its store
 
 
 class BuggyFraudCheck:
