@@ -6,7 +6,6 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Mapping
-from datetime import timedelta
 from typing import Any
 
 import anyio
@@ -598,7 +597,8 @@ def prune(
 
     What a running service's janitor does each pass, all at once: pending and parked
     messages, keys still in flight, payments and their history are never deleted."""
-    from .janitor import PRUNE_BATCH
+    from .janitor import prune as prune_store
+    from .janitor import published_cutoff
     from .outbox import utc_now
     from .stack import open_store
     from .store.base import Pruned
@@ -608,17 +608,12 @@ def prune(
     url = store_url or settings.store
     keep = settings.engine.outbox_retention_s if retention_s is None else retention_s
     now = utc_now()
-    published_before = now - timedelta(seconds=keep) if keep > 0 else None
+    published_before = published_cutoff(now, keep)
 
     async def run() -> Pruned:
         store = open_store(url)
-        total = Pruned()
         try:
-            while True:
-                batch = await store.prune(published_before, now, PRUNE_BATCH)
-                total += batch
-                if max(batch.messages, batch.keys) < PRUNE_BATCH:
-                    return total
+            return await prune_store(store, now, keep)
         finally:
             await store.close()
 

@@ -49,7 +49,7 @@ import anyio
 import attrs
 
 from .errors import AegisPayError, LockTimeout
-from .store.base import Pruned
+from .store.base import PaymentStore, Pruned
 
 if TYPE_CHECKING:
     from .service import PaymentService, ReconcileReport, ResumeReport
@@ -205,17 +205,10 @@ class Janitor:
         return self._finish(started, reconcile, resume, failures, pruned)
 
     async def _prune(self) -> Pruned:
-        """Up to ``PRUNE_BATCHES`` batches, until a batch finds less than a full one."""
-        now = self.service.clock()
-        retention = self.service.engine.outbox_retention_s
-        published_before = now - timedelta(seconds=retention) if retention > 0 else None
-        total = Pruned()
-        for _ in range(PRUNE_BATCHES):
-            batch = await self.service.store.prune(published_before, now, PRUNE_BATCH)
-            total += batch
-            if max(batch.messages, batch.keys) < PRUNE_BATCH:
-                break
-        return total
+        service = self.service
+        return await prune(
+            service.store, service.clock(), service.engine.outbox_retention_s, PRUNE_BATCHES
+        )
 
     def _finish(
         self,
@@ -244,6 +237,27 @@ class Janitor:
     def _skipped(self, started: datetime) -> JanitorReport:
         log.debug("janitor pass skipped: another pass holds %r", LOCK_KEY)
         return JanitorReport(started, started, skipped=True)
+
+
+async def prune(
+    store: PaymentStore, now: datetime, retention_s: float, batches: int | None = None
+) -> Pruned:
+    """``store.prune`` in batches of ``PRUNE_BATCH`` until one comes back short (or after
+    ``batches``): messages published more than ``retention_s`` before ``now`` (0 keeps them),
+    completed keys expired by ``now``. A janitor pass and ``aegispay db prune`` both run it."""
+    published_before = published_cutoff(now, retention_s)
+    total, done = Pruned(), 0
+    while batches is None or done < batches:
+        batch = await store.prune(published_before, now, PRUNE_BATCH)
+        total, done = total + batch, done + 1
+        if max(batch.messages, batch.keys) < PRUNE_BATCH:
+            break
+    return total
+
+
+def published_cutoff(now: datetime, retention_s: float) -> datetime | None:
+    """Messages published before this may be pruned; None (retention 0): none may."""
+    return now - timedelta(seconds=retention_s) if retention_s > 0 else None
 
 
 def _describe(error: BaseException, step: str = "lock") -> str:

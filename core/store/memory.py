@@ -169,9 +169,10 @@ class MemoryStore:
             if record.state == COMPLETED and record.expires_at < expired_before
         ]
         expired.sort(key=lambda scope_key: self._idempotency[scope_key].expires_at)
-        for scope_key in expired[: max(limit, 0)]:
+        deleted = expired[: max(limit, 0)]
+        for scope_key in deleted:
             del self._idempotency[scope_key]
-        return Pruned(keys=min(len(expired), max(limit, 0)))
+        return Pruned(keys=len(deleted))
 
     async def payment_ids(self) -> list[str]:
         return list(self._streams)
