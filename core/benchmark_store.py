@@ -362,7 +362,7 @@ def store_benchmark(url: str, payments: int = 10_000, concurrency: int = 1000) -
     postgres = make_url(normalise_url(url)).get_backend_name() == "postgresql"
     schema = f"aegispay_bench_{secrets.token_hex(4)}" if postgres else None
 
-    async def with_schema(statement: str) -> None:
+    async def execute(statement: str) -> None:
         engine = create_async_engine(normalise_url(url))
         async with engine.begin() as conn:
             await conn.execute(sa.text(statement))
@@ -372,7 +372,7 @@ def store_benchmark(url: str, payments: int = 10_000, concurrency: int = 1000) -
         """Start each PostgreSQL run with the previous run's writes flushed, so that no run
         pays for another's checkpoint (best effort: it needs superuser or pg_checkpoint)."""
         with contextlib.suppress(sa.exc.DBAPIError):
-            await with_schema("CHECKPOINT")
+            await execute("CHECKPOINT")
 
     async def full_path(store_url: str) -> dict[str, Any]:
         settings = _simulation_settings(Settings(), 0, None, 0.0, store_url)
@@ -400,7 +400,7 @@ def store_benchmark(url: str, payments: int = 10_000, concurrency: int = 1000) -
     async def run() -> dict[str, Any]:
         _tune_gc()  # as ``aegispay simulate`` runs: the figures are that command's
         if schema is not None:
-            await with_schema(f'CREATE SCHEMA "{schema}"')
+            await execute(f'CREATE SCHEMA "{schema}"')
         try:
             if postgres:
                 await checkpoint()
@@ -425,7 +425,7 @@ def store_benchmark(url: str, payments: int = 10_000, concurrency: int = 1000) -
             in_memory = await full_path("memory://")
         finally:
             if schema is not None:
-                await with_schema(f'DROP SCHEMA "{schema}" CASCADE')
+                await execute(f'DROP SCHEMA "{schema}" CASCADE')
         return {
             "store": make_url(url).render_as_string(hide_password=True),
             "command": f"aegispay bench --store {url} --payments {payments}",

@@ -51,9 +51,18 @@ async def redis_key_prefix(client: aioredis.Redis, suffix: str = "") -> AsyncIte
     try:
         yield prefix
     finally:
-        # SCAN walks the whole keyspace whatever the MATCH: big steps, or a Redis that other
-        # runs filled (fencing counters live a week) took ~10 s per test at 10 keys a step.
-        found = client.scan_iter(match=f"{prefix}*", count=10_000)
-        keys = [key async for key in found]
-        if keys:
-            await client.delete(*keys)
+        await forget_keys(client, prefix)
+
+
+async def keys_under(client: aioredis.Redis, prefix: str) -> list[bytes]:
+    """Every key starting with ``prefix``. SCAN walks the whole keyspace whatever the MATCH:
+    in big steps, or a Redis that other runs filled took ~10 s per call at 10 keys a step."""
+    return [key async for key in client.scan_iter(match=f"{prefix}*", count=10_000)]
+
+
+async def forget_keys(client: aioredis.Redis, prefix: str) -> int:
+    """Delete every key starting with ``prefix``; how many there were."""
+    keys = await keys_under(client, prefix)
+    if keys:
+        await client.delete(*keys)
+    return len(keys)

@@ -12,7 +12,14 @@ from pathlib import Path
 
 import anyio
 import pytest
-from _services import POSTGRES_URL, REDIS_URL, service_unavailable
+from _services import (
+    POSTGRES_URL,
+    REDIS_URL,
+    forget_keys,
+    keys_under,
+    redis_client,
+    service_unavailable,
+)
 from aegispay.payment import replay
 from aegispay.states import PaymentState
 from aegispay.store.sql import SqlStore
@@ -46,17 +53,17 @@ async def _redis_ok() -> None:
         await client.aclose()
 
 
-async def _redis_forget(prefix: str) -> None:
-    """Delete the workers' lock keys and fencing counters (CI reuses this Redis)."""
-    import redis.asyncio as aioredis
+def _redis_keys(prefix: str, *, forget: bool = False) -> int:
+    """How many keys the workers left under ``prefix``; with ``forget``, deleted (CI reuses
+    this Redis)."""
 
-    client = aioredis.from_url(REDIS_URL)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=10_000)]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
+    async def run() -> int:
+        async with redis_client() as client:
+            if forget:
+                return await forget_keys(client, prefix)
+            return len(await keys_under(client, prefix))
+
+    return anyio.run(run, backend="asyncio")
 
 
 def _prefix(schema: str) -> str:
@@ -73,7 +80,7 @@ def schema() -> str:
         service_unavailable("PostgreSQL/Redis", repr(error))
     yield name
     anyio.run(_schema, name, False, backend="asyncio")
-    anyio.run(_redis_forget, _prefix(name), backend="asyncio")
+    _redis_keys(_prefix(name), forget=True)
 
 
 async def _upgrade(schema: str) -> None:
@@ -145,16 +152,3 @@ def test_four_workers_one_payment_and_one_charge_per_key(schema: str, tmp_path: 
     assert all(count == 1 for _, count in charges), charges
     # The workers' fencing counters are there (and the fixture deletes them afterwards).
     assert _redis_keys(prefix) > 0
-
-
-def _redis_keys(prefix: str) -> int:
-    async def count() -> int:
-        import redis.asyncio as aioredis
-
-        client = aioredis.from_url(REDIS_URL)
-        try:
-            return len([key async for key in client.scan_iter(match=f"{prefix}*", count=10_000)])
-        finally:
-            await client.aclose()
-
-    return anyio.run(count, backend="asyncio")

@@ -6,11 +6,10 @@ believe they hold it. No lock service can prevent that, because the paused holde
 know it was paused. So every grant also returns a **fencing token**: a per-key counter
 (``<prefix><key>:fence``) incremented in the same Lua script that sets the lease, so tokens
 are strictly increasing, never reused, and survive the lease's expiry (the counter outlives
-the lease: ``fence_retention_s``, an hour by default). Every write made under the lease carries the
-token, and the store rejects a token
-older than the highest it has seen for that payment (Kleppmann, "How to do distributed
-locking"). The store is the arbiter; the lease only keeps two workers from doing the same
-work at the same time.
+the lease: ``fence_retention_s``, an hour by default). Every write made under the lease
+carries the token, and the store rejects a token older than the highest it has seen for that
+payment (Kleppmann, "How to do distributed locking"). The store is the arbiter; the lease
+only keeps two workers from doing the same work at the same time.
 
 Keys: ``<prefix><key>:lock`` (the lease, value = a random owner id), ``<prefix><key>:fence``
 (the counter) and the pub/sub channel ``<prefix><key>:released``. Giving the lease its own
@@ -39,8 +38,9 @@ still waits for the release to reach Redis. (Multi-key scripts assume one Redis,
 Cluster, whose keys of one call must share a slot.)
 
 A token is never below the Redis server's clock in microseconds, so a counter that Redis lost
-(a flush, a restart without persistence) or let expire (a week after its key's last grant)
-starts again above every token it gave before, and the store keeps accepting the new holders.
+(a flush, a restart without persistence) or let expire (``fence_retention_s`` after its
+key's last grant) starts again above every token it gave before, and the store keeps
+accepting the new holders.
 """
 
 from __future__ import annotations
